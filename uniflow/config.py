@@ -129,6 +129,17 @@ class DataConfig:
     num_train: int = 4096
     num_val: int = 512
     seed: int = 0
+    # embedded backend: share of samples that are plain real-photo crops (label -1) rather than
+    # labelled shape scenes; 0 for supervised classification, >0 so a tokenizer sees natural images.
+    photo_fraction: float = 0.5
+    # embedded backend: render each split once into memory (uint8; 50 MB per 4096 images at 64 px).
+    cache: bool = True
+    # folder/ffcv training: random-resized-crop area range; evaluation uses a centre square crop.
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    # folder backend: "classes" (ImageFolder subfolders), "flat" (no labels), or "auto" (by layout).
+    folder_mode: str = _choice("auto", "auto", "classes", "flat")
+    # ffcv backend: keep the file in the OS page cache (else read per batch, QUASI_RANDOM order).
+    ffcv_os_cache: bool = True
 
 
 @dataclass
@@ -241,6 +252,8 @@ def load_config(
     layers: list[Any] = [OmegaConf.structured(schema)]
     if isinstance(source, (str, Path)):
         layers.append(_read_yaml(Path(source)))
+    elif isinstance(source, DictConfig):
+        layers.append(source)
     elif isinstance(source, Mapping):
         layers.append(OmegaConf.create(dict(source)))
     elif source is not None:
@@ -269,3 +282,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_tokenizer_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> TokenizerConfig:
+    """A :class:`TokenizerConfig` from a run config (with a ``tokenizer`` section) or a bare tokenizer config.
+
+    Overrides are relative to the file's top level (``tokenizer.decoder.width=...`` for a run config).
+    """
+    raw = _read_yaml(Path(source)) if isinstance(source, (str, Path)) else OmegaConf.create(dict(source))
+    if "tokenizer" in raw:
+        return load_config(raw, overrides, RunConfig).tokenizer
+    return load_config(raw, overrides, TokenizerConfig)

@@ -1,0 +1,176 @@
+"""Every backend: build a small random model, save it, load it back through the backend's real loading path."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from uniflow.config import EncoderConfig
+from uniflow.encoders import build_encoder
+
+TIMM_KWARGS = {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+
+
+def _check_features(enc, images, depth, width, prefix):
+    feats = enc(enc.normalize(images))
+    grid = (images.shape[-2] // enc.patch_size, images.shape[-1] // enc.patch_size)
+    assert feats.grid == grid
+    assert len(feats.layers) == len(feats.prefix) == depth
+    for layer, pre in zip(feats.layers, feats.prefix):
+        assert layer.shape == (images.shape[0], grid[0] * grid[1], width)
+        assert pre.shape == (images.shape[0], prefix, width)
+    return feats
+
+
+# ------------------------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_local_checkpoint_roundtrip(tmp_path, suffix):
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=5, **TIMM_KWARGS).eval()
+    path = tmp_path / f"vit{suffix}"
+    state = source.state_dict()
+    torch.save(state, path) if suffix == ".pth" else save_file(state, str(path))
+    cfg = EncoderConfig(backend="timm", name="vit_tiny_patch16_224", checkpoint=str(path), image_size=32,
+                        kwargs=TIMM_KWARGS)  # fmt: skip
+    enc = build_encoder(cfg).eval()
+    assert (enc.patch_size, enc.width, enc.depth, enc.num_prefix_tokens) == (8, 32, 3, 1)
+    x = torch.rand(2, 3, 32, 32)
+    feats = _check_features(enc, x, depth=3, width=32, prefix=1)
+    # Same weights as the source model: its last block output must match ours.
+    expected = source.forward_intermediates(
+        enc.normalize(x), indices=1, intermediates_only=True, output_fmt="NLC"
+    )
+    torch.testing.assert_close(feats.last, expected[-1])
+    # Another resolution works (position embeddings resampled) and registers are split off as prefix.
+    _check_features(enc, torch.rand(1, 3, 48, 40), depth=3, width=32, prefix=1)
+
+
+def test_timm_register_tokens_are_prefix():
+    cfg = EncoderConfig(name="vit_tiny_patch16_224", image_size=32, kwargs={**TIMM_KWARGS, "reg_tokens": 4})
+    _check_features(build_encoder(cfg), torch.rand(1, 3, 32, 32), depth=3, width=32, prefix=5)
+
+
+def test_timm_normalisation_comes_from_the_pretrained_config():
+    enc = build_encoder(EncoderConfig(name="vit_small_patch14_dinov2", image_size=28,
+                                      kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2}))  # fmt: skip
+    assert enc.mean == pytest.approx((0.485, 0.456, 0.406))
+    override = build_encoder(EncoderConfig(image_size=32, kwargs=TIMM_KWARGS, mean=[0.5] * 3, std=[0.5] * 3))
+    assert override.mean == (0.5, 0.5, 0.5)
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    for backend, name in (("timm", "vit_tiny_patch16_224"), ("open_clip", "ViT-B-32"), ("hf", str(tmp_path))):
+        cfg = EncoderConfig(backend=backend, name=name, checkpoint=str(missing), kwargs={})
+        with pytest.raises(FileNotFoundError, match=str(missing) if backend != "hf" else "config.json"):
+            build_encoder(cfg)
+
+
+# -------------------------------------------------------------------------------------- open_clip
+def test_open_clip_local_checkpoint_roundtrip(tmp_path):
+    import open_clip
+
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "uniflow-test-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "cfg")
+    source = open_clip.create_model("uniflow-test-clip").eval()
+    torch.save(source.state_dict(), tmp_path / "clip.pt")
+    cfg = EncoderConfig(backend="open_clip", name="uniflow-test-clip", checkpoint=str(tmp_path / "clip.pt"),
+                        image_size=32)  # fmt: skip
+    enc = build_encoder(cfg).eval()
+    assert (enc.patch_size, enc.width, enc.depth) == (8, 32, 2)
+    assert enc.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    x = torch.rand(2, 3, 32, 32)
+    feats = _check_features(enc, x, depth=2, width=32, prefix=1)
+    expected = source.visual.forward_intermediates(enc.normalize(x), indices=1, intermediates_only=True,
+                                                   output_fmt="NLC")["image_intermediates"][-1]  # fmt: skip
+    torch.testing.assert_close(feats.last, expected)
+    with pytest.raises(ValueError, match="fixed grid"):
+        enc(torch.rand(1, 3, 40, 40))
+
+
+# ------------------------------------------------------------------------------------ transformers
+def _hf_models():
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        ViTConfig,
+        ViTModel,
+    )
+
+    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    return {
+        "vit": (lambda: ViTModel(ViTConfig(**common), add_pooling_layer=False), 1),
+        "dinov2": (lambda: Dinov2Model(Dinov2Config(**common)), 1),
+        "siglip": (lambda: SiglipVisionModel(SiglipVisionConfig(**common)), 0),
+        "clip": (lambda: CLIPVisionModel(CLIPVisionConfig(**common)), 1),
+    }
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2", "siglip", "clip"])
+def test_hf_local_directory_roundtrip(tmp_path, kind):
+    from transformers import ViTImageProcessor
+
+    make, prefix = _hf_models()[kind]
+    source = make().eval()
+    source.save_pretrained(tmp_path / kind)
+    ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]).save_pretrained(tmp_path / kind)
+    enc = build_encoder(EncoderConfig(backend="hf", name=str(tmp_path / kind), image_size=32)).eval()
+    assert (enc.patch_size, enc.width, enc.depth) == (8, 32, 2)
+    assert enc.mean == pytest.approx((0.1, 0.2, 0.3)) and enc.std == pytest.approx((0.4, 0.5, 0.6))
+    x = torch.rand(2, 3, 32, 32)
+    feats = _check_features(enc, x, depth=2, width=32, prefix=prefix)
+    expected = source(pixel_values=enc.normalize(x), output_hidden_states=True).hidden_states[-1][:, prefix:]
+    torch.testing.assert_close(feats.last, expected)
+
+
+def test_hf_state_dict_checkpoint_is_loaded(tmp_path):
+    make, _ = _hf_models()["vit"]
+    source, other = make().eval(), make().eval()
+    source.config.save_pretrained(tmp_path / "cfg")  # architecture only, no weights in the directory
+    save_file(other.state_dict(), str(tmp_path / "w.safetensors"))
+    enc = build_encoder(EncoderConfig(backend="hf", name=str(tmp_path / "cfg"),
+                                      checkpoint=str(tmp_path / "w.safetensors"))).eval()  # fmt: skip
+    x = torch.rand(1, 3, 32, 32)
+    expected = other(pixel_values=enc.normalize(x), output_hidden_states=True).hidden_states[-1][:, 1:]
+    torch.testing.assert_close(enc(enc.normalize(x)).last, expected)
+
+
+def test_tokenizer_on_hf_encoder_saves_and_loads_without_the_original_directory(tmp_path):
+    import shutil
+
+    from uniflow import UniFlowTokenizer
+
+    make, _ = _hf_models()["dinov2"]
+    make().save_pretrained(tmp_path / "enc")
+    tok = UniFlowTokenizer.from_config(
+        {
+            "image_size": 32,
+            "encoder": {"backend": "hf", "name": str(tmp_path / "enc"), "image_size": 32},
+            "decoder": {
+                "latent_dim": 4,
+                "width": 32,
+                "gtb_depth": 1,
+                "gtb_heads": 2,
+                "head_depth": 1,
+                "head_width": 16,
+            },
+        },
+    ).eval()
+    tok.save_pretrained(tmp_path / "tok")
+    shutil.rmtree(tmp_path / "enc")
+    loaded = UniFlowTokenizer.from_pretrained(tmp_path / "tok")
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded.encode(x), tok.encode(x))

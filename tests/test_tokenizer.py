@@ -1,0 +1,162 @@
+import pytest
+import torch
+
+from uniflow import UniFlowTokenizer, load_tokenizer
+from uniflow.config import load_tokenizer_config
+from uniflow.tokenizer.summary import parameter_counts
+
+
+def test_training_losses_terms(tiny_tokenizer):
+    out = tiny_tokenizer.training_losses(torch.rand(2, 3, 64, 64))
+    depth = tiny_tokenizer.student.depth
+    assert out["alpha"].shape == out["weight"].shape == (depth,)
+    assert out["layers"] == list(range(1, depth + 1))
+    assert out["weight"].sum().item() == pytest.approx(1.0)
+    cfg = tiny_tokenizer.cfg
+    expected = cfg.lambda_distill * out["distill"] + cfg.lambda_flow * out["flow"]
+    torch.testing.assert_close(out["total"], expected)
+    # The student starts as a copy of the teacher: every alpha is ~0.
+    assert out["alpha"].abs().max() < 1e-5
+
+
+def test_teacher_gets_no_gradient_while_student_and_decoder_do(tiny_tokenizer):
+    tok = tiny_tokenizer.train()
+    assert not tok.teacher.training
+    opt = torch.optim.SGD([p for p in tok.parameters() if p.requires_grad], lr=0.5)
+    # The zero-initialised head passes no gradient back to the latent at first (DiT-style zero init):
+    # perturb it as training would, so the flow loss reaches the student and moves it off the teacher.
+    with torch.no_grad():
+        for p in tok.decoder.head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    for _ in range(2):
+        opt.zero_grad()
+        out = tok.training_losses(torch.rand(2, 3, 64, 64))
+        out["total"].backward()
+        opt.step()
+    assert out["distill"].item() > 0
+    assert all(p.grad is None for p in tok.teacher.parameters())
+    assert all(not p.requires_grad for p in tok.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tok.student.parameters())
+    assert all(p.grad is not None for p in tok.latent.parameters())
+    assert all(p.grad is not None for p in tok.decoder.parameters())
+
+
+def test_distillation_gradient_reaches_the_student_through_alpha(tiny_tokenizer):
+    tok = tiny_tokenizer
+    with torch.no_grad():
+        for p in tok.student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = tok.training_losses(torch.rand(2, 3, 64, 64))
+    out["distill"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tok.student.parameters())
+    assert all(p.grad is None for p in tok.decoder.parameters())
+
+
+def test_api_shapes_and_ranges(tiny_tokenizer):
+    tok = tiny_tokenizer.eval()
+    x = torch.rand(3, 3, 64, 64)
+    z = tok.encode(x)
+    assert z.shape == (3, tok.cfg.decoder.latent_dim, 8, 8)
+    y = tok.decode(z, steps=1)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    tokens = tok.semantic_tokens(x)
+    assert tokens.shape == (3, 64, tok.student.width)
+    assert tok.image_size == 64 and tok.patch_size == 8
+
+
+@pytest.mark.parametrize("size", [(64, 64), (60, 70), (17, 9)])
+def test_padding_and_cropping_preserve_the_image_size(tiny_tokenizer, size):
+    x = torch.rand(1, 3, *size)
+    padded = tiny_tokenizer.pad(x)
+    assert padded.shape[-2] % 8 == 0 and padded.shape[-1] % 8 == 0
+    torch.testing.assert_close(tiny_tokenizer.crop(padded, size), x)
+    assert tiny_tokenizer.reconstruct(x).shape == x.shape
+
+
+def test_patch14_pads_256_to_a_multiple():
+    tok = UniFlowTokenizer.from_config(
+        {
+            "image_size": 256,
+            "encoder": {
+                "kwargs": {"patch_size": 14, "embed_dim": 32, "depth": 1, "num_heads": 2},
+                "image_size": 224,
+            },
+            "decoder": {
+                "latent_dim": 4,
+                "width": 32,
+                "gtb_depth": 1,
+                "gtb_heads": 2,
+                "head_depth": 1,
+                "head_width": 16,
+            },
+        },
+        with_teacher=False,
+    )
+    assert tok.padded_size(256, 256) == (266, 266)
+    x = torch.rand(1, 3, 256, 256)
+    assert tok.encode(x).shape[-2:] == (19, 19)
+    assert tok.reconstruct(x).shape == x.shape
+
+
+def test_save_load_roundtrip_is_bit_exact(tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer.eval()
+    with torch.no_grad():  # make the zero-initialised parts non-trivial
+        for p in tok.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(tmp_path / "tok")
+    assert loaded.teacher is None
+    ref, new = tok.state_dict(), loaded.state_dict()
+    assert set(new) == {k for k in ref if not k.startswith("teacher.")}
+    for key, value in new.items():
+        assert torch.equal(value, ref[key]), key
+    x = torch.rand(2, 3, 64, 64)
+    noise = torch.randn(2, 64, 192)
+    assert torch.equal(tok.encode(x), loaded.encode(x))
+    assert torch.equal(tok.decode(tok.encode(x), noise=noise), loaded.decode(loaded.encode(x), noise=noise))
+    assert not list(tmp_path.joinpath("tok").glob(".*"))  # no temporary files left behind
+
+
+def test_from_pretrained_missing_files_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "config.yaml")):
+        UniFlowTokenizer.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.rand(3, 64, 64), "rank 4"),
+        (torch.rand(1, 1, 64, 64), "3 channels"),
+        (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), "floating dtype"),
+        (torch.rand(1, 3, 64, 64) * 255, r"values in \[0, 1\]"),
+        (torch.rand(1, 3, 64, 64) - 0.5, r"values in \[0, 1\]"),
+        (torch.rand(0, 3, 64, 64), "non-empty batch"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_bad_images_raise_value_error_naming_the_problem(tiny_tokenizer, images, message):
+    for call in (tiny_tokenizer.encode, tiny_tokenizer.training_losses, tiny_tokenizer.semantic_tokens):
+        with pytest.raises(ValueError, match=message):
+            call(images)
+
+
+def test_bad_latent_raises(tiny_tokenizer):
+    with pytest.raises(ValueError, match="latent"):
+        tiny_tokenizer.decode(torch.rand(1, 5, 8, 8))
+
+
+def test_no_distillation_builds_no_teacher(tiny_config_path):
+    tok = UniFlowTokenizer.from_config(tiny_config_path, ["tokenizer.distill.mode=none"])
+    assert tok.teacher is None
+    out = tok.training_losses(torch.rand(1, 3, 64, 64))
+    assert out["distill"].item() == 0 and "alpha" not in out
+
+
+def test_released_layout_decoder_parameter_count_on_meta_device(tiny_config_path):
+    cfg = load_tokenizer_config(tiny_config_path.parent / "internvit300m.yaml")
+    # InternViT-300M's config lives on the hub; its width (1024) and patch (14) are what the decoder needs.
+    counts = parameter_counts(cfg, encoder_width=1024, patch_size=14)
+    assert counts["encoder"] is None
+    assert counts["decoder_total"] == pytest.approx(147.5e6, rel=0.03)
+    assert counts["gtb"] == pytest.approx(76e6, rel=0.03)
+    assert counts["flow_head"] == pytest.approx(69e6, rel=0.03)

@@ -1,0 +1,89 @@
+"""One interface for every pretrained vision encoder the tokenizer can adapt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EncoderFeatures:
+    """Per-block outputs of a ViT encoder.
+
+    ``layers[l]`` holds the patch tokens after block ``l + 1`` (``B x N x D``, row-major over the
+    patch grid), with the class/register tokens split off into ``prefix[l]`` (``B x P x D``, P may be 0).
+    """
+
+    layers: list[torch.Tensor]
+    prefix: list[torch.Tensor]
+    grid: tuple[int, int]
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.layers[-1]
+
+
+class EncoderAdapter(nn.Module):
+    """A ViT whose every block's patch tokens can be read, plus its own input normalisation.
+
+    Subclasses set ``patch_size``, ``width``, ``depth``, ``num_prefix_tokens`` and ``mean``/``std``
+    (the encoder's own normalisation, applied by :meth:`normalize`) and implement :meth:`forward`.
+    """
+
+    patch_size: int
+    width: int
+    depth: int
+    num_prefix_tokens: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the encoder's input space."""
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def forward(self, pixels: torch.Tensor) -> EncoderFeatures:  # pragma: no cover - abstract
+        """Normalised pixels ``B x 3 x H x W`` (H, W multiples of ``patch_size``) -> per-block tokens."""
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"encoder input {height}x{width} is not a multiple of the patch size {self.patch_size}"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+
+def require_file(path: str | Path, what: str = "encoder weights") -> Path:
+    """Return ``path`` if it is a file, else fail with the path that was tried."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{what} not found: tried {resolved.resolve()}")
+    return resolved
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch pickle (``.pth/.pt/.bin``), unwrapping common wrappers."""
+    path = require_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state

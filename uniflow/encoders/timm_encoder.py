@@ -1,0 +1,59 @@
+"""timm backend: ViT-family models (SigLIP2, DINOv2, DFN-CLIP, EVA, plain ViTs)."""
+
+from __future__ import annotations
+
+import torch
+
+from uniflow.config import EncoderConfig
+from uniflow.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderAdapter, EncoderFeatures, require_file
+
+
+def create_timm_vit(cfg: EncoderConfig, num_classes: int = 0) -> torch.nn.Module:
+    """Build a timm ViT from ``cfg`` through timm's own loading path.
+
+    A local ``checkpoint`` goes through ``pretrained_cfg_overlay`` so timm's checkpoint filters run
+    (position-embedding resampling, original-repo key remapping) exactly as for hub weights.
+    """
+    import timm
+
+    kwargs = dict(cfg.kwargs)
+    kwargs.setdefault("img_size", cfg.image_size)
+    # Any multiple of the patch size is accepted; position embeddings are resampled on the fly.
+    kwargs.setdefault("dynamic_img_size", True)
+    kwargs["num_classes"] = num_classes
+    if cfg.checkpoint:
+        path = require_file(cfg.checkpoint)
+        return timm.create_model(
+            cfg.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+
+
+class TimmEncoder(EncoderAdapter):
+    def __init__(self, cfg: EncoderConfig, model: torch.nn.Module | None = None):
+        super().__init__()
+        self.model = model if model is not None else create_timm_vit(cfg)
+        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "blocks"):
+            raise ValueError(f"timm model {cfg.name!r} is not a ViT with per-block outputs")
+        self.model.reset_classifier(0)
+        patch = self.model.patch_embed.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.width = int(self.model.embed_dim)
+        self.depth = len(self.model.blocks)
+        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
+        pretrained = getattr(self.model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.mean or pretrained.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.std or pretrained.get("std", IMAGENET_STD))
+
+    def forward(self, pixels: torch.Tensor) -> EncoderFeatures:
+        grid = self.grid_for(*pixels.shape[-2:])
+        outputs = self.model.forward_intermediates(
+            pixels, indices=self.depth, return_prefix_tokens=True, norm=False,
+            output_fmt="NLC", intermediates_only=True,
+        )  # fmt: skip
+        layers = [tokens for tokens, _ in outputs]
+        prefix = [p if p is not None else tokens[:, :0] for tokens, p in outputs]
+        return EncoderFeatures(layers=layers, prefix=prefix, grid=grid)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)

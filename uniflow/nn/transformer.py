@@ -1,0 +1,47 @@
+"""A stack of pre-norm ViT blocks over a token grid with a learnable, sin-cos initialised position embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from uniflow.nn.embeddings import sincos_2d_position_embedding
+
+
+class TransformerStack(nn.Module):
+    """``depth`` timm ViT blocks (fused attention) over ``grid`` tokens, then a final LayerNorm.
+
+    The position embedding is learnable and starts from the 2-D sin-cos table; other grid sizes
+    (e.g. a 256 px image through a 448 px model) interpolate it bicubically.
+    """
+
+    def __init__(self, width: int, depth: int, heads: int, grid: tuple[int, int], mlp_ratio: float = 4.0):
+        super().__init__()
+        self.grid = grid
+        self.pos_embed = nn.Parameter(sincos_2d_position_embedding(width, *grid)[None])
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6) if depth > 0 else nn.Identity()
+        self.grad_checkpointing = False
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        if tuple(grid) == tuple(self.grid):
+            return self.pos_embed
+        h, w = self.grid
+        table = self.pos_embed.reshape(1, h, w, -1).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
+        return table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = x + self.position_embedding(grid).to(x.dtype)
+        for block in self.blocks:
+            x = (
+                checkpoint(block, x, use_reentrant=False)
+                if self.grad_checkpointing and self.training
+                else block(x)
+            )
+        return self.norm(x)
