@@ -174,3 +174,77 @@ def test_tokenizer_on_hf_encoder_saves_and_loads_without_the_original_directory(
     loaded = UniFlowTokenizer.from_pretrained(tmp_path / "tok")
     x = torch.rand(1, 3, 32, 32)
     assert torch.equal(loaded.encode(x), tok.encode(x))
+
+
+REMOTE_CONFIG = """
+from transformers import PretrainedConfig
+
+
+class TinyRemoteViTConfig(PretrainedConfig):
+    model_type = "uniflow_tiny_remote_vit"
+
+    def __init__(self, hidden_size=32, num_hidden_layers=2, patch_size=8, image_size=32, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size, self.num_hidden_layers = hidden_size, num_hidden_layers
+        self.patch_size, self.image_size = patch_size, image_size
+"""
+
+REMOTE_MODEL = '''
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_tiny import TinyRemoteViTConfig
+
+
+class TinyRemoteViTModel(PreTrainedModel):
+    """Shaped like InternViT: conv patch embedding, one class token, returns hidden_states per layer."""
+
+    config_class = TinyRemoteViTConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.hidden_size
+        self.patch = nn.Conv2d(3, d, config.patch_size, config.patch_size)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, 2, 2 * d, batch_first=True) for _ in range(config.num_hidden_layers)
+        )
+        self.post_init()
+
+    def forward(self, pixel_values, output_hidden_states=False, return_dict=True):
+        x = self.patch(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        states = [x]
+        for layer in self.layers:
+            x = layer(x)
+            states.append(x)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(states) if output_hidden_states else None)
+'''
+
+
+def test_hf_remote_code_model_like_internvit(tmp_path):
+    """The InternViT path: a local directory with its own modelling code, loaded with trust_remote_code."""
+    import json
+
+    from safetensors.torch import save_file as save
+
+    repo = tmp_path / "remote"
+    repo.mkdir()
+    (repo / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (repo / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    config = {"model_type": "uniflow_tiny_remote_vit", "hidden_size": 32, "num_hidden_layers": 2, "patch_size": 8,
+              "image_size": 32, "architectures": ["TinyRemoteViTModel"],
+              "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteViTConfig",
+                           "AutoModel": "modeling_tiny.TinyRemoteViTModel"}}  # fmt: skip
+    (repo / "config.json").write_text(json.dumps(config))
+    cfg = EncoderConfig(backend="hf", name=str(repo), trust_remote_code=True, image_size=32)
+    built = build_encoder(cfg).eval()  # architecture only: random weights from the remote code
+    save({k: v.contiguous() for k, v in built.model.state_dict().items()}, str(repo / "model.safetensors"))
+    loaded = build_encoder(cfg).eval()  # now through from_pretrained with the weights file
+    x = torch.rand(2, 3, 32, 32)
+    feats = _check_features(loaded, x, depth=2, width=32, prefix=1)
+    torch.testing.assert_close(feats.last, built(built.normalize(x)).last)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_encoder(EncoderConfig(backend="hf", name=str(repo), image_size=32))

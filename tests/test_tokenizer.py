@@ -90,7 +90,7 @@ def test_patch14_pads_256_to_a_multiple():
                 "head_width": 16,
             },
         },
-        with_teacher=False,
+        for_training=False,
     )
     assert tok.padded_size(256, 256) == (266, 266)
     x = torch.rand(1, 3, 256, 256)
@@ -160,3 +160,29 @@ def test_released_layout_decoder_parameter_count_on_meta_device(tiny_config_path
     assert counts["decoder_total"] == pytest.approx(147.5e6, rel=0.03)
     assert counts["gtb"] == pytest.approx(76e6, rel=0.03)
     assert counts["flow_head"] == pytest.approx(69e6, rel=0.03)
+
+
+def test_lpips_term_without_local_vgg_weights_names_the_paths(tiny_config_path, tmp_path):
+    missing = tmp_path / "vgg16.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        UniFlowTokenizer.from_config(
+            tiny_config_path, ["tokenizer.lambda_lpips=0.1", f"tokenizer.lpips_weights={missing}"]
+        )
+
+
+@pytest.mark.slow
+def test_lpips_term_from_a_local_vgg_file(tiny_config_path, tmp_path):
+    from torchvision.models import vgg16
+
+    weights = tmp_path / "vgg16-397923af.pth"  # random VGG16: the plumbing, not the perceptual quality
+    torch.save(vgg16().state_dict(), weights)
+    tok = UniFlowTokenizer.from_config(
+        tiny_config_path, ["tokenizer.lambda_lpips=0.5", f"tokenizer.lpips_weights={weights}"]
+    )
+    out = tok.training_losses(torch.rand(2, 3, 64, 64))
+    expected = out["distill"] + out["flow"] + 0.5 * out["lpips"]
+    torch.testing.assert_close(out["total"], expected)
+    out["total"].backward()
+    assert all(p.grad is None for p in tok.perceptual.parameters())
+    tok.save_pretrained(tmp_path / "tok")
+    assert UniFlowTokenizer.from_pretrained(tmp_path / "tok").perceptual is None

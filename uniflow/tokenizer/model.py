@@ -25,6 +25,8 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 # Architecture (config.json, and remote code if any) of a Hugging Face encoder, so loading needs no hub.
 HF_ENCODER_DIR = "encoder"
+# Submodules that exist only while training; not part of a saved tokenizer.
+TRAINING_ONLY_PREFIXES = ("teacher.", "perceptual.")
 # Images may overshoot [0, 1] by resampling error; beyond this it is a wrong value range.
 RANGE_TOLERANCE = 1e-3
 
@@ -48,6 +50,16 @@ def check_images(images: Any, name: str = "images") -> None:
         raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
 
+def _lpips_network(weights: str | None) -> nn.Module:
+    """The differentiable LPIPS-VGG network (frozen) for the optional perceptual term on x_hat."""
+    from uniflow.metrics.reconstruction import load_lpips_vgg
+
+    metric, reason = load_lpips_vgg(weights)
+    if metric is None:
+        raise FileNotFoundError(f"tokenizer.lambda_lpips > 0 needs LPIPS VGG weights; {reason}")
+    return metric.net.requires_grad_(False).eval()
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same directory and rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -68,7 +80,8 @@ class UniFlowTokenizer(nn.Module):
     tokens for understanding. ``training_losses`` computes L = lambda_d L_dist + lambda_f L_flow.
     """
 
-    def __init__(self, cfg: TokenizerConfig, with_teacher: bool = True):
+    def __init__(self, cfg: TokenizerConfig, for_training: bool = True):
+        """``for_training=False`` skips the parts only training needs (teacher, perceptual loss)."""
         super().__init__()
         self.cfg = cfg
         self.student: EncoderAdapter = build_encoder(cfg.encoder)
@@ -85,8 +98,11 @@ class UniFlowTokenizer(nn.Module):
         d = cfg.distill
         self.distill = SelfDistillationLoss(self.student.depth, d.mode, d.beta, d.normalization, d.layers)
         self.teacher: EncoderAdapter | None = None
-        if with_teacher and self.distill.enabled:
+        if for_training and self.distill.enabled:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.perceptual: nn.Module | None = None
+        if for_training and cfg.lambda_lpips > 0:
+            self.perceptual = _lpips_network(cfg.lpips_weights)
         if cfg.grad_checkpointing:
             self.student.set_grad_checkpointing(True)
             self.decoder.gtb.grad_checkpointing = True
@@ -118,7 +134,7 @@ class UniFlowTokenizer(nn.Module):
         cfg.encoder.pretrained, cfg.encoder.checkpoint = False, None
         if (directory / HF_ENCODER_DIR).is_dir():
             cfg.encoder.name = str(directory / HF_ENCODER_DIR)
-        model = cls(cfg, with_teacher=False)
+        model = cls(cfg, for_training=False)
         state = load_file(str(weights_path), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -132,7 +148,9 @@ class UniFlowTokenizer(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {
-            k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("teacher.")
+            k: v.detach().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith(TRAINING_ONLY_PREFIXES)
         }
         # The resolved normalisation goes into the config so loading never needs the encoder's hub files.
         cfg = dataclasses.replace(
@@ -148,8 +166,9 @@ class UniFlowTokenizer(nn.Module):
 
     def train(self, mode: bool = True) -> UniFlowTokenizer:
         super().train(mode)
-        if self.teacher is not None:  # the teacher is a fixed reference: no dropout, no norm updates
-            self.teacher.eval()
+        for frozen in (self.teacher, self.perceptual):  # fixed references: no dropout, no norm updates
+            if frozen is not None:
+                frozen.eval()
         return self
 
     # ------------------------------------------------------------------ geometry
@@ -224,7 +243,8 @@ class UniFlowTokenizer(nn.Module):
     ) -> dict[str, Any]:
         """All loss terms for one batch of images in [0, 1].
 
-        Returns ``total`` (= lambda_d * distill + lambda_f * flow), ``distill``, ``flow``, and per-layer
+        Returns ``total`` (= lambda_d * distill + lambda_f * flow [+ lambda_lpips * lpips]), ``distill``,
+        ``flow``, ``lpips`` when that optional term is on, and per-layer
         ``alpha`` and ``weight`` (detached, with ``layers`` their 1-based block ids), plus the one-step
         reconstruction ``x_hat`` in [-1, 1] for logging or an optional perceptual term.
         """
@@ -243,4 +263,9 @@ class UniFlowTokenizer(nn.Module):
                 distill=dist.loss, alpha=dist.alphas, weight=dist.weights.detach(), layers=dist.layer_ids
             )
         out["total"] = self.cfg.lambda_distill * out["distill"] + self.cfg.lambda_flow * out["flow"]
+        if self.perceptual is not None:
+            # LPIPS of the one-step estimate against the (padded) input; both in [-1, 1].
+            x_hat = flow_out["x_hat"].clamp(-1, 1)
+            out["lpips"] = self.perceptual(x_hat, padded * 2 - 1).mean()
+            out["total"] = out["total"] + self.cfg.lambda_lpips * out["lpips"]
         return out
