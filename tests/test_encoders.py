@@ -248,3 +248,26 @@ def test_hf_remote_code_model_like_internvit(tmp_path):
     torch.testing.assert_close(feats.last, built(built.normalize(x)).last)
     with pytest.raises(ValueError, match="trust_remote_code"):
         build_encoder(EncoderConfig(backend="hf", name=str(repo), image_size=32))
+
+
+@pytest.mark.parametrize("backend", ["timm", "open_clip"])
+def test_every_encoder_parameter_receives_gradient(backend, tmp_path):
+    """No unused parameters: DDP without find_unused_parameters depends on it."""
+    if backend == "timm":
+        cfg = EncoderConfig(name="vit_tiny_patch16_224", image_size=28,
+                            kwargs={"patch_size": 14, "embed_dim": 32, "depth": 2, "num_heads": 2, "class_token": False, "global_pool": "map"})  # fmt: skip
+    else:
+        import open_clip
+
+        config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                                  "head_width": 16},
+                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}  # fmt: skip
+        (tmp_path / "uniflow-grad-clip.json").write_text(json.dumps(config))
+        open_clip.add_model_config(tmp_path)
+        cfg = EncoderConfig(backend="open_clip", name="uniflow-grad-clip", image_size=32)
+    enc = build_encoder(cfg)
+    size = 28 if backend == "timm" else 32
+    feats = enc(torch.rand(1, 3, size, size))
+    sum(layer.sum() for layer in feats.layers).backward()
+    unused = [n for n, p in enc.named_parameters() if p.grad is None]
+    assert not unused, unused

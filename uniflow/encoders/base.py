@@ -42,6 +42,10 @@ class EncoderAdapter(nn.Module):
     num_prefix_tokens: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Whether every parameter gets a gradient from the block outputs. timm/open_clip towers are pruned
+    # to make it so; arbitrary transformers models keep poolers, final norms or mask tokens, so DDP
+    # must look for unused parameters with them.
+    all_parameters_used: bool = True
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> the encoder's input space."""

@@ -35,6 +35,8 @@ def _vision_config(config):
 class HFEncoder(EncoderAdapter):
     """Runs the model with ``output_hidden_states=True``; ``hidden_states[1:]`` are the block outputs."""
 
+    all_parameters_used = False
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         from transformers import AutoConfig, AutoModel

@@ -34,6 +34,10 @@ class OpenClipEncoder(EncoderAdapter):
             self.visual = TimmEncoder(cfg, model=trunk)
             self.image_size = None
         elif hasattr(visual, "forward_intermediates") and hasattr(visual, "transformer"):
+            # Block outputs only: drop ln_post/projection so no parameter goes unused under DDP.
+            visual.prune_intermediate_layers(
+                len(visual.transformer.resblocks), prune_norm=True, prune_head=True
+            )
             self.visual = visual
             self.image_size = tuple(visual.image_size) if hasattr(visual, "image_size") else None
         else:

@@ -35,7 +35,9 @@ class TimmEncoder(EncoderAdapter):
         self.model = model if model is not None else create_timm_vit(cfg)
         if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "blocks"):
             raise ValueError(f"timm model {cfg.name!r} is not a ViT with per-block outputs")
-        self.model.reset_classifier(0)
+        # Only block outputs are read: drop the final norm, pooling and head so that no parameter
+        # goes unused in the backward pass (DDP/FSDP would otherwise need find_unused_parameters).
+        self.model.prune_intermediate_layers(len(self.model.blocks), prune_norm=True, prune_head=True)
         patch = self.model.patch_embed.patch_size
         self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
         self.width = int(self.model.embed_dim)
@@ -47,12 +49,15 @@ class TimmEncoder(EncoderAdapter):
 
     def forward(self, pixels: torch.Tensor) -> EncoderFeatures:
         grid = self.grid_for(*pixels.shape[-2:])
+        has_prefix = self.num_prefix_tokens > 0
         outputs = self.model.forward_intermediates(
-            pixels, indices=self.depth, return_prefix_tokens=True, norm=False,
+            pixels, indices=self.depth, return_prefix_tokens=has_prefix, norm=False,
             output_fmt="NLC", intermediates_only=True,
         )  # fmt: skip
+        if not has_prefix:  # timm returns bare tensors when there is nothing to split off
+            return EncoderFeatures(layers=list(outputs), prefix=[t[:, :0] for t in outputs], grid=grid)
         layers = [tokens for tokens, _ in outputs]
-        prefix = [p if p is not None else tokens[:, :0] for tokens, p in outputs]
+        prefix = [p for _, p in outputs]
         return EncoderFeatures(layers=layers, prefix=prefix, grid=grid)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
