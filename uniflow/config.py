@@ -152,7 +152,11 @@ class OptimConfig:
     schedule: str = _choice("cosine", "cosine", "constant")
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    # EMA of the trainable weights (validation, export and the summary use it); 0 disables it.
     ema_decay: float = 0.9999
+    # Ramp the EMA decay as min(ema_decay, (1 + k) / (10 + k)) at update k, so that short runs do not
+    # average in their random initialisation; off gives the plain constant-decay EMA.
+    ema_warmup: bool = True
 
 
 @dataclass
@@ -162,12 +166,124 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
+    # auto: DDP when there is more than one process, else a single device; fsdp: FSDP2 (fully_shard)
+    # through Lightning's ModelParallelStrategy, which needs an integer number of devices.
     strategy: str = _choice("auto", "auto", "ddp", "fsdp")
     compile: bool = False
     log_every_n_steps: int = 50
     val_every_n_steps: int = 1000
     checkpoint_every_n_steps: int = 1000
+    # Keep every step checkpoint (checkpoints/stepNNNNNNN.ckpt) besides last.ckpt; off keeps last.ckpt only.
+    keep_step_checkpoints: bool = False
     deterministic: bool = False
+    # Intra-op CPU threads per process (torch.set_num_threads); None keeps torch's default.
+    num_threads: int | None = None
+    # Validation (PSNR/SSIM of one-step reconstructions) reads this many batches of the val split.
+    val_batches: int = 4
+    # Reconstruction grids of a fixed set of validation images go to TensorBoard this often, decoded
+    # with each of grid_sample_steps Euler steps.
+    image_every_n_steps: int = 500
+    grid_sample_steps: list[int] = field(default_factory=lambda: [1, 8])
+
+
+@dataclass
+class EvalConfig:
+    """The benchmark suite (``python -m uniflow eval``); see ``uniflow/evaluation``.
+
+    Every paper benchmark appears in the results table; those not listed in ``benchmarks`` (or not
+    implemented yet) say "not run" and why.
+    """
+
+    # Registry names (``python -m uniflow eval --list``): embedded_photos, embedded_scenes,
+    # imagenet_recon, coco_recon, imagenet_gen, ...
+    benchmarks: list[str] = field(default_factory=lambda: ["embedded_photos", "embedded_scenes"])
+    # A ``save_pretrained`` tokenizer directory; None: <output_dir>/<name>/tokenizer.
+    tokenizer: str | None = None
+    # Decoding; None keeps the tokenizer's own (tokenizer.flow.steps / sampler).
+    steps: int | None = None
+    sampler: str | None = field(default=None, metadata={"choices": (None, "euler", "heun")})
+    # Tokenizer autocast; Inception always runs in float32 (the FID protocol).
+    precision: str = _choice("32-true", "32-true", "bf16-mixed", "16-mixed")
+    # "auto": this rank's CUDA device if there is one, else CPU.
+    device: str = "auto"
+    batch_size: int = 50
+    num_workers: int = 4
+    # Decoding noise of sample i is drawn from seed (seed, i): results do not depend on batching or ranks.
+    seed: int = 0
+    # Samples per benchmark. Embedded sets are generated, so they need a count; a dataset on disk
+    # without an entry is evaluated in full. rFID from a few hundred samples is noisy and biased up.
+    num_samples: dict[str, int] = field(
+        default_factory=lambda: {"embedded_photos": 200, "embedded_scenes": 200}
+    )
+    # Side of the ADM centre crop for ImageNet and COCO (the paper's 256 px protocol).
+    image_size: int = 256
+    # ImageNet-1K / COCO 2017 validation images: an image folder (searched recursively) or an FFCV .beton.
+    imagenet_val: str | None = None
+    coco_val: str | None = None
+    # Optional `python -m uniflow ref-stats` files of the same ADM-cropped images: they replace the
+    # originals' Inception pass (halving the cost) when their sample count matches.
+    imagenet_reference: str | None = None
+    coco_reference: str | None = None
+    # Generation: an ADM-format .npz of samples to score, and the ADM reference batch
+    # (VIRTUAL_imagenet256_labeled.npz, mu/sigma) for gFID.
+    generation_samples: str | None = None
+    adm_reference: str | None = None
+    # FID Inception weights (torch-fidelity format); None resolves them (see uniflow/metrics/inception.py).
+    inception_weights: str | None = None
+    # torchvision VGG16 weights for LPIPS; None looks in the usual places, else LPIPS is reported n/a.
+    lpips_weights: str | None = None
+    # Where results.json / results.md go; None: <run dir>/eval.
+    output_dir: str | None = None
+
+
+@dataclass
+class TeacherConfig:
+    """Supervised pretraining of the encoder the tokenizer starts from (the embedded default's teacher).
+
+    With ``enabled``, ``python -m uniflow train`` first makes sure ``tokenizer.encoder.checkpoint`` exists,
+    training a classifier of the ``tokenizer.encoder`` architecture on the labelled training images
+    (embedded: the scenes' shape labels; folder/ffcv: the class folders) with the same Trainer and data
+    code when it does not. The checkpoint is a timm state dict (classifier head included), so timm
+    loads it as pretrained weights and the summary can run the teacher's own classifier.
+    """
+
+    enabled: bool = False
+    # Run name of the teacher stage: its run directory is <output_dir>/<name>/, and the checkpoint is
+    # <output_dir>/<name>/teacher.safetensors unless tokenizer.encoder.checkpoint names another path.
+    name: str = "teacher"
+    max_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    # Start the (learnable) position embedding from the 2-D sin-cos table instead of timm's random
+    # one: a ViT trained from scratch on little data then learns the spatial layout much sooner
+    # (on the embedded scenes 83% vs 59% held-out accuracy after the same 12.8k images).
+    sincos_pos_embed: bool = True
+    # embedded backend: labelled training scenes (the teacher never sees the plain photo crops).
+    num_train: int = 8192
+
+
+@dataclass
+class SummaryConfig:
+    """The evaluation printed (and written to metrics.json) at the end of a tokenizer run.
+
+    Reconstruction PSNR/SSIM on held-out real-photo crops, and linear probes (logistic regression on
+    mean-pooled last-layer patch tokens) of the teacher and the trained student on held-out embedded
+    scenes, plus the teacher-head transfer accuracy (the teacher's classifier on the student's tokens).
+    """
+
+    enabled: bool = True
+    photo_crops: int = 256
+    # Embedded scenes the probes are fitted on (train split) and scored on (held-out val split).
+    probe_train: int = 2048
+    probe_test: int = 1024
+    sample_steps: int = 1
+    batch_size: int = 128
 
 
 @dataclass
@@ -181,6 +297,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------------

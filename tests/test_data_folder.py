@@ -1,0 +1,116 @@
+"""The folder backend: layouts, transforms, corrupt files, errors that name the path, rank sharding."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from uniflow.data.datamodule import UniFlowDataModule
+from uniflow.data.embedded import NO_LABEL, render_photo_crop
+from uniflow.data.folder import ImageFolderDataset, eval_transform, scan_image_folder, train_transform
+
+SIZE = 32
+
+
+def make_tree(root: Path, classes: int = 2, per_class: int = 4, seed: int = 0) -> Path:
+    """``root/class_k/img_i.jpg``: photo crops of varied sizes and aspect ratios."""
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            index = c * per_class + i
+            crop = render_photo_crop(seed, "train", index, 96)
+            w, h = 96 + 16 * (index % 3), 80 + 8 * (index % 4)
+            Image.fromarray(crop).resize((w, h)).save(root / f"class_{c}" / f"img_{i}.jpg", quality=95)
+    return root
+
+
+def corrupt(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # truncated JPEG
+
+
+def test_class_tree_and_flat_layouts(tmp_path):
+    root = make_tree(tmp_path / "tree")
+    samples, classes = scan_image_folder(root)
+    assert classes == ["class_0", "class_1"]
+    assert [label for _, label in samples] == [0] * 4 + [1] * 4
+    flat, no_classes = scan_image_folder(root, mode="flat")
+    assert no_classes == [] and len(flat) == 8 and {label for _, label in flat} == {NO_LABEL}
+    (root / "class_0" / "notes.txt").write_text("not an image")
+    assert len(scan_image_folder(root)[0]) == 8
+
+
+def test_transforms_give_float_images_of_the_requested_size(tmp_path):
+    root = make_tree(tmp_path / "tree", classes=1, per_class=2)
+    train = ImageFolderDataset(root, train_transform(SIZE, (0.35, 1.0)), draft_side=SIZE * 2)
+    evaluation = ImageFolderDataset(root, eval_transform(SIZE))
+    for data in (train, evaluation):
+        item = data[1]
+        assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+        assert item["image"].min() >= 0 and item["image"].max() <= 1 and item["label"] == 0
+    assert torch.equal(evaluation[0]["image"], evaluation[0]["image"])  # evaluation is deterministic
+
+
+def test_corrupt_files_are_skipped_and_counted_across_workers(tmp_path, caplog):
+    root = make_tree(tmp_path / "tree")
+    corrupt(root / "class_0" / "img_1.jpg")
+    (root / "class_1" / "img_2.jpg").write_bytes(b"this is not a jpeg")
+    data = ImageFolderDataset(root, eval_transform(SIZE))
+    with caplog.at_level(logging.WARNING):
+        batches = list(DataLoader(data, batch_size=3, num_workers=2))
+    assert sum(len(b["label"]) for b in batches) == 8  # slots of bad files are refilled
+    assert data.skipped == 2  # counted once each, from the worker processes
+    data[1]  # a known-bad file is skipped again without re-counting
+    assert data.skipped == 2
+    direct = ImageFolderDataset(root, eval_transform(SIZE))
+    with caplog.at_level(logging.WARNING):
+        [direct[i] for i in range(len(direct))]
+    assert "img_1.jpg" in caplog.text and direct.skipped == 2
+
+
+def test_no_readable_image_names_the_path(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"garbage")
+    (root / "b.png").write_bytes(b"")
+    with pytest.raises(RuntimeError, match=re.escape(str(root))):
+        ImageFolderDataset(root, eval_transform(SIZE))
+
+
+def test_missing_or_empty_folders_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        scan_image_folder(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
+        scan_image_folder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=re.escape("data.val_path not found")):
+        UniFlowDataModule("folder", str(tmp_path / "empty"), str(tmp_path / "nope"))
+
+
+def test_datamodule_folder_training_and_exactly_once_validation(tmp_path):
+    train = make_tree(tmp_path / "train")
+    val = make_tree(tmp_path / "val", classes=3, per_class=3, seed=1)  # 9 images: uneven shards
+    dm = UniFlowDataModule("folder", str(train), str(val), image_size=SIZE, batch_size=4, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
+    assert len(dm.make_train_loader(0, 2)) == 1  # 8 images, 2 ranks, batch 4, last partial dropped
+
+    def fingerprints(world: int) -> list[float]:
+        out = []
+        for rank in range(world):
+            for b in dm.make_val_loader(rank, world):
+                out += b["image"].sum((1, 2, 3)).tolist()
+        return out
+
+    reference = fingerprints(1)
+    assert len(reference) == 9 and len(set(np.round(reference, 3))) == 9
+    for world in (2, 3):
+        got = fingerprints(world)
+        assert len(got) == 9 and sorted(got) == pytest.approx(sorted(reference))

@@ -1,0 +1,1 @@
+"""Data: the embedded dataset, image-folder trees and FFCV files behind one LightningDataModule."""
