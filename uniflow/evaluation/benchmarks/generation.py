@@ -1,0 +1,169 @@
+"""Generation metrics: gFID and Inception Score of a sample source against ADM's ImageNet-256 reference.
+
+A sample source yields uint8 images with sample indices, sharded over ranks. Today's source is an
+ADM-format ``.npz`` made elsewhere (``eval.generation_samples``); a generator on UniFlow latents will
+be another source, whose samples :func:`score_samples` also writes as ADM ``.npz`` files so ADM's
+TensorFlow evaluator can check the number. Protocol (UNIFLOW.md section 5): 50k samples, 50 per
+class, against the ADM reference batch; sampler, steps, guidance and precision stated with it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from uniflow.config import ConfigError, EvalConfig
+from uniflow.evaluation import references
+from uniflow.evaluation.benchmarks.readers import Batch
+from uniflow.evaluation.context import EvalContext
+from uniflow.evaluation.registry import Benchmark, register
+from uniflow.evaluation.results import BenchmarkRun, MetricValue
+from uniflow.metrics import AdmNpzWriter, FIDMetric, ReferenceStats
+from uniflow.metrics.reference import iter_npz_batches
+
+PROTOCOL_SAMPLES = 50_000
+NOT_STATED = "not stated by the sample file"
+
+
+class SampleSource(Protocol):
+    """Generated images, each with a sample index in ``range(num_samples)``."""
+
+    num_samples: int
+    image_size: int
+
+    def provenance(self) -> dict[str, Any]:
+        """How the samples were made: sampler, steps, guidance, precision, model checkpoint hash."""
+        ...
+
+    def batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+        """This rank's samples ``rank, rank + world_size, ...`` as (uint8 images, index, valid)."""
+        ...
+
+
+def _npz_images_shape(path: Path) -> tuple[int, ...]:
+    with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as stream:
+        version = np.lib.format.read_magic(stream)
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, _ = read_header(stream)  # the header only: no pixels are read
+    return tuple(shape)
+
+
+class NpzSamples:
+    """An ADM sample file (uint8 ``arr_0`` N x H x W x 3); every rank streams it and keeps its share."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"generated samples not found: {self.path}")
+        try:
+            shape = _npz_images_shape(self.path)
+        except KeyError as err:
+            raise ValueError(f"{self.path} is not an ADM sample file: it has no arr_0") from err
+        self.num_samples, self.image_size = int(shape[0]), int(shape[1])
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "samples": str(self.path),
+            "tokenizer_sha256": NOT_STATED,
+            "sampler": NOT_STATED,
+            "steps": NOT_STATED,
+            "guidance": NOT_STATED,
+            "precision": NOT_STATED,
+        }
+
+    def batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+        start = 0
+        for images in iter_npz_batches(self.path, "arr_0", batch_size):
+            index = torch.arange(start, start + images.shape[0])
+            start += images.shape[0]
+            mine = index % world_size == rank
+            if mine.any():
+                yield images[mine], index[mine], torch.ones(int(mine.sum()), dtype=torch.bool)
+
+
+def rank_npz_path(path: Path, rank: int, world_size: int) -> Path:
+    """One ADM file per rank when distributed (each holds that rank's samples, shuffled)."""
+    return path if world_size == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
+
+
+def score_samples(
+    ctx: EvalContext, source: SampleSource, reference: ReferenceStats, write_npz: Path | None = None
+) -> BenchmarkRun:
+    """gFID against ``reference`` and Inception Score of every sample of ``source``, exactly once.
+
+    With ``write_npz`` the samples are also written in ADM's format (shuffled, one file per rank).
+    """
+    metric = FIDMetric(ctx.inception(), ctx.device, inception_score=True)
+    writer = None
+    if write_npz is not None:
+        mine = len(range(ctx.rank, source.num_samples, ctx.world_size))
+        path = rank_npz_path(write_npz, ctx.rank, ctx.world_size)
+        writer = AdmNpzWriter(path, mine, source.image_size, seed=ctx.cfg.seed)
+    for images, index, valid in source.batches(ctx.rank, ctx.world_size, ctx.cfg.batch_size):
+        metric.update(images, valid=valid, index=index)
+        if writer is not None and valid.any():
+            writer.add(images[valid])
+    written = str(writer.close()) if writer is not None else None
+    metric.sync()
+    count = metric.stats.count
+    if count != source.num_samples:
+        raise RuntimeError(f"{count} samples entered gFID, expected exactly {source.num_samples}")
+    fid_provenance = {**ctx.inception_provenance(), "reference_stats": reference.id}
+    score = metric.inception_score()
+    metrics = {
+        "gFID": MetricValue(metric.compute(reference), provenance=fid_provenance),
+        "IS": MetricValue(
+            score[0] if score else None,
+            metric.inception_score_reason,
+            {**ctx.inception_provenance(), "is_std": score[1] if score else None, "splits": 10},
+        ),
+    }
+    notes = []
+    if count != PROTOCOL_SAMPLES:
+        notes.append(f"gFID from {count} samples; the protocol uses {PROTOCOL_SAMPLES} (50 per class)")
+    data = {"samples_count": count, **source.provenance()}
+    if written is not None:
+        data["samples_written"] = written
+    return BenchmarkRun(metrics, data, notes)
+
+
+def _check(cfg: EvalConfig) -> None:
+    for key in ("generation_samples", "adm_reference"):
+        value = getattr(cfg, key)
+        if value is None:
+            raise ConfigError(
+                f"benchmark imagenet_gen needs eval.{key}; there is no generator on UniFlow latents yet, "
+                "so it scores an ADM .npz of samples (eval.generation_samples) against ADM's reference "
+                "batch (eval.adm_reference, VIRTUAL_imagenet256_labeled.npz)"
+            )
+        if not Path(value).is_file():
+            raise ConfigError(f"eval.{key} not found: {value}")
+
+
+def _run(ctx: EvalContext) -> BenchmarkRun:
+    reference = ReferenceStats.load(ctx.cfg.adm_reference, ctx.inception(), ctx.cfg.batch_size)
+    return score_samples(ctx, NpzSamples(ctx.cfg.generation_samples), reference)
+
+
+register(
+    Benchmark(
+        name="imagenet_gen",
+        family="generation",
+        title="ImageNet 256 class-conditional, 50k samples",
+        metrics=("gFID", "IS"),
+        references=references.IMAGENET_GENERATION,
+        paper=True,
+        hint=(
+            "no generator on UniFlow latents exists yet; to score an ADM .npz of samples set "
+            "eval.generation_samples and eval.adm_reference and add imagenet_gen to eval.benchmarks"
+        ),
+        run=_run,
+        check=_check,
+    )
+)

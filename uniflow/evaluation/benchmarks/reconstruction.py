@@ -1,0 +1,283 @@
+"""Reconstruction benchmarks: rFID, PSNR, SSIM (and LPIPS) of tokenizer reconstructions of held-out images.
+
+rFID compares the reconstructions with the same images they reconstruct (centre-cropped the ADM way
+for ImageNet and COCO), never with ADM's VIRTUAL reference batch (UNIFLOW.md section 5). The
+originals' statistics come from a ``ref-stats`` file of those images when one is given, from the
+cache for the embedded sets, or from the originals streamed alongside the reconstructions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uniflow.config import ConfigError, EvalConfig
+from uniflow.evaluation import reference_cache, references
+from uniflow.evaluation.benchmarks.readers import (
+    AdmFolderImages,
+    Batch,
+    MemoryImages,
+    ffcv_batches,
+    sharded_batches,
+)
+from uniflow.evaluation.context import EvalContext
+from uniflow.evaluation.distributed import all_ranks_agree
+from uniflow.evaluation.registry import Benchmark, register
+from uniflow.evaluation.results import BenchmarkRun, MetricValue
+from uniflow.metrics import FIDMetric, ReconstructionMetrics, ReferenceStats
+
+# Below this many samples the 2048 x 2048 covariance is rank-deficient and FID is strongly biased up.
+FID_RELIABLE_COUNT = 10_000
+LPIPS_PROVENANCE = "torchmetrics LPIPS, VGG16 backbone (lpips v0.1 linear layers)"
+
+
+@dataclass
+class ReconstructionAccumulator:
+    """One rank's running metrics; ``originals`` is None when the reference statistics are known."""
+
+    originals: FIDMetric | None
+    reconstructions: FIDMetric
+    pixels: ReconstructionMetrics
+
+    def sync(self) -> None:
+        for metric in (self.originals, self.reconstructions, self.pixels):
+            if metric is not None:
+                metric.sync()
+
+
+def accumulate(
+    ctx: EvalContext, name: str, batches: Iterable[Batch], total: int, *, originals: bool, lpips: bool
+) -> ReconstructionAccumulator:
+    """Reconstruct this rank's batches and feed originals and reconstructions to the metrics (no sync)."""
+    acc = ReconstructionAccumulator(
+        originals=FIDMetric(ctx.inception(), ctx.device) if originals else None,
+        reconstructions=FIDMetric(ctx.inception(), ctx.device),
+        pixels=ReconstructionMetrics(lpips=lpips, vgg_weights=ctx.cfg.lpips_weights, device=ctx.device),
+    )
+    start, done, next_report = time.perf_counter(), 0, 0.0
+    for images, index, valid in batches:
+        recon = ctx.reconstruct(images, index)
+        acc.reconstructions.update(recon, valid=valid, index=index)
+        if acc.originals is not None:
+            acc.originals.update(images, valid=valid, index=index)
+        acc.pixels.update(images, recon, valid=valid, index=index)
+        done += int(valid.sum())
+        elapsed = time.perf_counter() - start
+        if elapsed >= next_report:
+            ctx.info(
+                "%s: %d/%d images on rank 0, %.1f images/s",
+                name,
+                done,
+                -(-total // ctx.world_size),
+                done / elapsed,
+            )
+            next_report = elapsed + 30.0
+    return acc
+
+
+def _checked_reference(path: str, total: int, preprocessing: str) -> ReferenceStats:
+    stats = ReferenceStats.load(path)
+    count, made = stats.meta.get("count"), stats.meta.get("preprocessing")
+    if count != total or made != preprocessing:
+        raise ConfigError(
+            f"reference statistics {path} describe {count} images ({made}); this evaluation uses {total} "
+            f"({preprocessing}). Build matching ones with `python -m uniflow ref-stats`, or leave the "
+            "reference unset to compute them from the originals"
+        )
+    return stats
+
+
+def score_reconstructions(
+    ctx: EvalContext,
+    name: str,
+    batches: Iterable[Batch],
+    total: int,
+    *,
+    preprocessing: str,
+    lpips: bool,
+    reference: ReferenceStats | None = None,
+    fingerprint: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> BenchmarkRun:
+    """rFID, PSNR, SSIM (and LPIPS) of ``total`` images arriving as sharded ``batches``.
+
+    ``reference`` (statistics of the same images) or a cache hit on ``fingerprint`` skips the
+    originals' Inception pass; otherwise it runs alongside, and the result is cached under the
+    fingerprint when there is one.
+    """
+    origin = f"file {reference.meta.get('file')}" if reference is not None else ""
+    cache_file = None
+    if reference is None and fingerprint is not None:
+        cache_file = reference_cache.cache_path(name, fingerprint, ctx.inception().weights.sha256)
+        reference = reference_cache.load(cache_file)
+        # Every rank must take the same branch: the originals' metric syncs across ranks.
+        if not all_ranks_agree(reference is not None, ctx.device):
+            reference = None
+        origin = f"cache {cache_file}"
+    acc = accumulate(ctx, name, batches, total, originals=reference is None, lpips=lpips)
+    acc.sync()
+    if acc.originals is not None:
+        stats = acc.originals.stats
+        meta = {
+            "source_name": name,
+            "count": stats.count,
+            "preprocessing": preprocessing,
+            "extractor_weights_sha256": ctx.inception().weights.sha256,
+        }
+        reference = ReferenceStats(stats.mean(), stats.cov(), meta)
+        origin = "the originals, streamed in this run"
+        if cache_file is not None and ctx.is_main:
+            reference_cache.save(reference, cache_file)
+    assert reference is not None  # set by the file, the cache or the originals' pass above
+    count = acc.pixels.count
+    if count != total:
+        raise RuntimeError(f"{name}: {count} samples entered the metrics, expected exactly {total}")
+    pixels = acc.pixels.compute()
+    fid_provenance = {
+        **ctx.inception_provenance(),
+        "reference_stats": reference.id,
+        "reference_stats_origin": origin,
+        "reference_count": reference.meta.get("count"),
+    }
+    metrics = {
+        "rFID": MetricValue(acc.reconstructions.compute(reference), provenance=fid_provenance),
+        "PSNR": MetricValue(pixels["psnr"], provenance={"definition": "per-image PSNR on uint8, mean"}),
+        "SSIM": MetricValue(
+            pixels["ssim"], provenance={"definition": "Gaussian 11x11 sigma 1.5, uint8, mean"}
+        ),
+    }
+    if lpips:
+        metrics["LPIPS"] = MetricValue(pixels["lpips"], pixels["lpips_reason"], {"lpips": LPIPS_PROVENANCE})
+    notes = []
+    if count < FID_RELIABLE_COUNT:
+        notes.append(
+            f"{name}: rFID from {count} samples is noisy and biased upward (the paper uses 50k); "
+            "compare it only with rFIDs from the same number of samples"
+        )
+    return BenchmarkRun(metrics, {"samples": count, "preprocessing": preprocessing, **(data or {})}, notes)
+
+
+# ------------------------------------------------------------------------------------ embedded sets
+def _embedded_count(cfg: EvalConfig, name: str) -> int:
+    count = cfg.num_samples.get(name)
+    if count is None or count < 2:
+        raise ConfigError(
+            f"eval.num_samples.{name} must be set to at least 2 (got {count}): the set is generated"
+        )
+    return count
+
+
+def _run_embedded(ctx: EvalContext, name: str, kind: str) -> BenchmarkRun:
+    # Imported here: the data package pulls in Lightning, which no other benchmark needs.
+    from uniflow.data.datamodule import heldout_photo_crops, heldout_scenes
+
+    size, seed, count = ctx.tokenizer.image_size, ctx.cfg.seed, _embedded_count(ctx.cfg, name)
+    if kind == "photos":
+        source = heldout_photo_crops(count, size, seed)
+        description = "held-out real-photo crops (val regions)"
+    else:
+        source = heldout_scenes(count, size, seed, annotations=False)
+        description = "held-out embedded scenes (val split)"
+    images = MemoryImages.render(source, f"{description}, {size} px, seed {seed}")
+    batches = sharded_batches(images, ctx.rank, ctx.world_size, ctx.cfg.batch_size)
+    return score_reconstructions(
+        ctx,
+        name,
+        batches,
+        len(images),
+        preprocessing=images.description,
+        lpips=True,
+        fingerprint=images.fingerprint(),
+        data={"image_size": size, "pixels_sha256": images.fingerprint()},
+    )
+
+
+EMBEDDED_METRICS = ("rFID", "PSNR", "SSIM", "LPIPS")
+
+
+def _register_embedded(name: str, kind: str, title: str) -> None:
+    def check(cfg: EvalConfig) -> None:
+        _embedded_count(cfg, name)
+
+    register(
+        Benchmark(
+            name=name,
+            family="reconstruction",
+            title=title,
+            metrics=EMBEDDED_METRICS,
+            references=references.embedded(EMBEDDED_METRICS),
+            paper=False,
+            hint=f"add {name} to eval.benchmarks",
+            run=lambda ctx: _run_embedded(ctx, name, kind),
+            check=check,
+        )
+    )
+
+
+_register_embedded("embedded_photos", "photos", "held-out real-photo crops (embedded), tokenizer resolution")
+_register_embedded("embedded_scenes", "scenes", "held-out embedded scenes, tokenizer resolution")
+
+
+# ------------------------------------------------------------------------------- ImageNet and COCO
+def _path_check(cfg: EvalConfig, name: str, data_key: str, reference_key: str) -> None:
+    value = getattr(cfg, data_key)
+    if value is None:
+        raise ConfigError(f"benchmark {name} needs eval.{data_key}: an image folder or an FFCV .beton")
+    if not Path(value).exists():
+        raise ConfigError(f"eval.{data_key} not found: {value}")
+    reference = getattr(cfg, reference_key)
+    if reference is not None and not Path(reference).is_file():
+        raise ConfigError(f"eval.{reference_key} not found: {reference}")
+
+
+def _run_dataset(ctx: EvalContext, name: str, data_key: str, reference_key: str, lpips: bool) -> BenchmarkRun:
+    path = Path(getattr(ctx.cfg, data_key))
+    num, size = ctx.cfg.num_samples.get(name), ctx.cfg.image_size
+    workers, batch_size = ctx.cfg.num_workers, ctx.cfg.batch_size
+    if path.suffix == ".beton":
+        batches, total, available, preprocessing = ffcv_batches(
+            path, ctx.rank, ctx.world_size, size=size, batch_size=batch_size, num=num, num_workers=workers
+        )
+    else:
+        images = AdmFolderImages(path, size, num)
+        batches = sharded_batches(images, ctx.rank, ctx.world_size, batch_size, workers)
+        total, available, preprocessing = len(images), images.total_in_folder, images.description
+    reference_path = getattr(ctx.cfg, reference_key)
+    reference = _checked_reference(reference_path, total, preprocessing) if reference_path else None
+    data = {"dataset": str(path), "image_size": size}
+    if total < available:
+        data["subset"] = f"{total} of {available} images, evenly spread"
+    return score_reconstructions(
+        ctx, name, batches, total, preprocessing=preprocessing, lpips=lpips, reference=reference, data=data
+    )
+
+
+register(
+    Benchmark(
+        name="imagenet_recon",
+        family="reconstruction",
+        title="ImageNet-1K val 50k, 256 px",
+        metrics=("rFID", "PSNR", "SSIM", "LPIPS"),
+        references=references.IMAGENET_RECONSTRUCTION,
+        paper=True,
+        hint="set eval.imagenet_val and add imagenet_recon to eval.benchmarks",
+        run=lambda ctx: _run_dataset(ctx, "imagenet_recon", "imagenet_val", "imagenet_reference", lpips=True),
+        check=lambda cfg: _path_check(cfg, "imagenet_recon", "imagenet_val", "imagenet_reference"),
+    )
+)
+register(
+    Benchmark(
+        name="coco_recon",
+        family="reconstruction",
+        title="MS-COCO 2017 val, 256 px",
+        metrics=("rFID", "PSNR", "SSIM"),
+        references=references.COCO_RECONSTRUCTION,
+        paper=True,
+        hint="set eval.coco_val and add coco_recon to eval.benchmarks",
+        run=lambda ctx: _run_dataset(ctx, "coco_recon", "coco_val", "coco_reference", lpips=False),
+        check=lambda cfg: _path_check(cfg, "coco_recon", "coco_val", "coco_reference"),
+    )
+)
