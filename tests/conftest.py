@@ -39,3 +39,54 @@ def tiny_tokenizer():
             "tokenizer.decoder.latent_dim=8",
         ],
     )
+
+
+# A training run small enough for a few seconds on one CPU thread: 32 px, a 2-block ViT, 8-image
+# batches, 5 steps per epoch (so checkpoints at step 3 are mid-epoch), deterministic kernels.
+MICRO_RUN = [
+    "name=micro",
+    "tokenizer.image_size=32",
+    "tokenizer.encoder.image_size=32",
+    "tokenizer.encoder.kwargs.embed_dim=32",
+    "tokenizer.encoder.kwargs.depth=2",
+    "tokenizer.encoder.kwargs.num_heads=2",
+    "tokenizer.decoder.latent_dim=8",
+    "tokenizer.decoder.width=32",
+    "tokenizer.decoder.gtb_depth=1",
+    "tokenizer.decoder.gtb_heads=2",
+    "tokenizer.decoder.head_depth=1",
+    "tokenizer.decoder.head_width=32",
+    "data.image_size=32",
+    "data.num_train=40",
+    "data.num_val=16",
+    "data.batch_size=8",
+    "optim.warmup_steps=2",
+    "trainer.max_steps=6",
+    "trainer.val_every_n_steps=3",
+    "trainer.checkpoint_every_n_steps=3",
+    "trainer.image_every_n_steps=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.val_batches=1",
+    "trainer.num_threads=1",
+    "trainer.deterministic=true",
+    "teacher.name=micro_teacher",
+    "teacher.max_steps=3",
+    "teacher.num_train=32",
+    "teacher.batch_size=8",
+    "summary.photo_crops=8",
+    "summary.probe_train=16",
+    "summary.probe_test=16",
+    "summary.batch_size=16",
+]
+
+
+@pytest.fixture
+def micro_run(tmp_path):
+    """``(config path, overrides)`` of a tiny training run writing under ``tmp_path``."""
+    return TINY, [*MICRO_RUN, f"output_dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(scope="session")
+def micro_run_base():
+    """``(config path, overrides)`` of the micro run without an output directory (for wider scopes)."""
+    return TINY, list(MICRO_RUN)

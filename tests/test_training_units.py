@@ -1,0 +1,151 @@
+"""Training building blocks without a Trainer: schedule, EMA, atomic writes, the resumable stream, config checks."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from uniflow.config import load_config
+from uniflow.training import checkpoint_io
+from uniflow.training.checkpoint_io import atomic_torch_save, remove_stale_partials
+from uniflow.training.cli import train_main
+from uniflow.training.data import StepStream
+from uniflow.training.ema import ema_decay_at, ema_update
+from uniflow.training.schedule import warmup_cosine
+
+
+def test_warmup_then_cosine_to_the_floor():
+    f = warmup_cosine(max_steps=110, warmup_steps=10, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55)
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert [f(s) for s in range(10, 111)] == sorted([f(s) for s in range(10, 111)], reverse=True)
+    constant = warmup_cosine(100, 0, "constant")
+    assert constant(0) == constant(99) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        warmup_cosine(10, 1, "linear")
+
+
+def test_ema_decay_warms_up_and_update_is_a_lerp():
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
+    assert ema_decay_at(10**6, 0.999, True) == 0.999 and ema_decay_at(0, 0.999, False) == 0.999
+    avg, live = [torch.zeros(3)], [torch.ones(3)]
+    ema_update(avg, live, 0.75)
+    torch.testing.assert_close(avg[0], torch.full((3,), 0.25))
+
+
+def test_a_crash_mid_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.arange(4)}, path)
+
+    def dying_save(obj, f):  # writes part of the file, then the process "dies"
+        f.write(b"PK\x03\x04 partial checkpoint bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_partials_of_a_killed_process_are_cleaned_and_files_are_not_private(tmp_path):
+    atomic_torch_save({"x": 1}, tmp_path / "a.ckpt")
+    (tmp_path / f".last.ckpt.abc{checkpoint_io.PARTIAL_SUFFIX}").write_bytes(b"junk")
+    assert [p.name for p in remove_stale_partials(tmp_path)] == [
+        f".last.ckpt.abc{checkpoint_io.PARTIAL_SUFFIX}"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]
+    assert (tmp_path / "a.ckpt").stat().st_mode & 0o044  # readable by group/others as a plain open() gives
+
+
+@pytest.mark.parametrize("start", [0, 3, 5, 7, 12])
+def test_step_stream_resumes_exactly_where_the_uninterrupted_stream_is(start):
+    data = TensorDataset(torch.arange(22))
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+
+    def loader():
+        return DataLoader(data, batch_size=4, sampler=sampler, drop_last=True)
+
+    full = [b[0].tolist() for _, b in zip(range(15), StepStream(loader()))]
+    resumed = [b[0].tolist() for _, b in zip(range(15 - start), StepStream(loader(), start=start))]
+    assert resumed == full[start:]
+    assert full[0] != full[5]  # epoch 1 is reshuffled (5 batches per epoch)
+    assert len({i for batch in full[:5] for i in batch}) == 20  # one epoch: 5 batches of distinct samples
+
+
+def test_step_stream_of_a_plain_iterable_reads_ahead():
+    batches = [[i] for i in range(4)]
+    assert [b for _, b in zip(range(6), StepStream(batches, start=2))] == [[2], [3], [0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="no batch"):
+        StepStream([])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_steps=0"], "trainer.max_steps"),
+        (["tokenizer.encoder.checkpoint=/nowhere/teacher.safetensors"], "tokenizer.encoder.checkpoint"),
+        (["teacher.enabled=true", "tokenizer.encoder.backend=hf"], "teacher.enabled"),
+        (["resume=/nowhere/last.ckpt"], "resume"),
+        (["data.backend=folder"], "data.train_path"),
+        (["trainer.strategy=fsdp", "trainer.devices=auto"], "trainer.devices"),
+        (["trainer.precisoin=32-true"], "trainer.precisoin"),
+    ],
+)
+def test_config_errors_name_the_key_before_any_work(tiny_config_path, tmp_path, capsys, overrides, message):
+    code = train_main([str(tiny_config_path), f"output_dir={tmp_path}", *overrides])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_usage_and_config_sections_round_trip(capsys):
+    assert train_main([]) == 2 and "usage" in capsys.readouterr().out
+    cfg = load_config(None, ["teacher.enabled=true", "summary.probe_test=10", "optim.ema_warmup=false"])
+    assert cfg.teacher.enabled and cfg.summary.probe_test == 10 and not cfg.optim.ema_warmup
+    assert math.isclose(cfg.teacher.lr, 1e-3)
+
+
+def test_module_switches_ema_and_parameter_groups(micro_run):
+    from uniflow.training.tokenizer_module import TokenizerModule
+
+    path, overrides = micro_run
+    module = TokenizerModule(load_config(path, [*overrides, "trainer.compile=true", "optim.weight_decay=0.1"]))
+    live = dict(module.tokenizer.named_parameters())
+    assert all(torch.equal(p, live[n]) for n, p in module.ema.named_parameters())  # the EMA starts equal
+    assert not any(p.requires_grad for p in module.ema.parameters()) and module.ema.teacher is None
+    module.configure_model()  # compile is lazy: it marks the modules, nothing compiles until they run
+    for unit in (module.tokenizer.student, module.tokenizer.decoder.gtb, module.tokenizer.decoder.head):
+        assert unit._compiled_call_impl is not None
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["encoder"]["initial_lr"] == module.cfg.optim.encoder_lr
+    assert groups["decoder"]["initial_lr"] == module.cfg.optim.lr
+    assert groups["encoder_no_decay"]["weight_decay"] == 0.0 and groups["decoder"]["weight_decay"] == 0.1
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    trainable = {id(p) for p in module.tokenizer.parameters() if p.requires_grad}
+    assert in_groups == trainable
+    assert not module.train().ema.training  # the average is only ever evaluated
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_reconstruct_with_fixed_noise_is_reproducible_with_and_without_token_merge(tiny_config_path, merge):
+    from uniflow import UniFlowTokenizer
+    from uniflow.training.summary import reconstruct
+
+    tok = UniFlowTokenizer.from_config(
+        tiny_config_path,
+        ["tokenizer.encoder.kwargs.depth=1", "tokenizer.encoder.kwargs.embed_dim=24", "tokenizer.decoder.width=32",
+         "tokenizer.decoder.head_width=32", "tokenizer.decoder.head_depth=1", f"tokenizer.decoder.token_merge={merge}"],
+        for_training=False,
+    )  # fmt: skip
+    images = torch.rand(2, 3, 64, 64)
+    a = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
+    b = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and torch.equal(a, b)
