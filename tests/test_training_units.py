@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from uniflow.config import load_config
+from uniflow.io import PARTIAL_SUFFIX, remove_stale_partials
 from uniflow.training import checkpoint_io
-from uniflow.training.checkpoint_io import atomic_torch_save, remove_stale_partials
+from uniflow.training.checkpoint_io import atomic_torch_save
 from uniflow.training.cli import train_main
 from uniflow.training.data import StepStream
 from uniflow.training.ema import ema_decay_at, ema_update
@@ -56,10 +57,8 @@ def test_a_crash_mid_save_leaves_the_previous_file_intact(tmp_path, monkeypatch)
 
 def test_partials_of_a_killed_process_are_cleaned_and_files_are_not_private(tmp_path):
     atomic_torch_save({"x": 1}, tmp_path / "a.ckpt")
-    (tmp_path / f".last.ckpt.abc{checkpoint_io.PARTIAL_SUFFIX}").write_bytes(b"junk")
-    assert [p.name for p in remove_stale_partials(tmp_path)] == [
-        f".last.ckpt.abc{checkpoint_io.PARTIAL_SUFFIX}"
-    ]
+    (tmp_path / f".last.ckpt.abc{PARTIAL_SUFFIX}").write_bytes(b"junk")
+    assert [p.name for p in remove_stale_partials(tmp_path)] == [f".last.ckpt.abc{PARTIAL_SUFFIX}"]
     assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]
     assert (tmp_path / "a.ckpt").stat().st_mode & 0o044  # readable by group/others as a plain open() gives
 
@@ -116,7 +115,9 @@ def test_module_switches_ema_and_parameter_groups(micro_run):
     from uniflow.training.tokenizer_module import TokenizerModule
 
     path, overrides = micro_run
-    module = TokenizerModule(load_config(path, [*overrides, "trainer.compile=true", "optim.weight_decay=0.1"]))
+    module = TokenizerModule(
+        load_config(path, [*overrides, "trainer.compile=true", "optim.weight_decay=0.1"])
+    )
     live = dict(module.tokenizer.named_parameters())
     assert all(torch.equal(p, live[n]) for n, p in module.ema.named_parameters())  # the EMA starts equal
     assert not any(p.requires_grad for p in module.ema.parameters()) and module.ema.teacher is None

@@ -28,8 +28,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from uniflow.config import ConfigError, RunConfig, TrainerConfig, to_dict, to_yaml
 from uniflow.data.datamodule import UniFlowDataModule
+from uniflow.io import atomic_write_text, remove_stale_partials
 from uniflow.training.callbacks import ImagesPerSecond, ReconstructionGrid, StepProgressBar
-from uniflow.training.checkpoint_io import AtomicCheckpointIO, atomic_write, remove_stale_partials
+from uniflow.training.checkpoint_io import AtomicCheckpointIO
 from uniflow.training.data import StepDataModule
 
 CHECKPOINT_DIR = "checkpoints"
@@ -164,7 +165,7 @@ def _finish_fit(trainer: L.Trainer, directory: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def train_teacher(cfg: RunConfig, path: Path, callbacks: Sequence[L.Callback] = 
     module = TeacherModule(cfg.tokenizer.encoder, t, _num_classes(data))
     trainer = build_trainer(cfg, directory, "teacher", t.max_steps, t.grad_clip, callbacks)
     if trainer.is_global_zero:
-        atomic_write(directory / CONFIG_FILE, lambda f: f.write(to_yaml(cfg).encode()))
+        atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
     datamodule = StepDataModule(data)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint("auto", directory))
     _finish_fit(trainer, directory)
@@ -260,7 +261,7 @@ def train_tokenizer(cfg: RunConfig, callbacks: Sequence[L.Callback] = ()) -> Tok
         find_unused_parameters=not module.tokenizer.student.all_parameters_used,
     )
     if trainer.is_global_zero:
-        atomic_write(directory / CONFIG_FILE, lambda f: f.write(to_yaml(cfg).encode()))
+        atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
         trainer.logger.log_hyperparams(_flat(to_dict(cfg)))  # type: ignore[union-attr]
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     _finish_fit(trainer, directory)

@@ -25,8 +25,8 @@ from uniflow.config import EncoderConfig, TeacherConfig
 from uniflow.data.embedded import NO_LABEL
 from uniflow.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from uniflow.encoders.timm_encoder import create_timm_vit
+from uniflow.io import atomic_write
 from uniflow.nn.embeddings import sincos_2d_position_embedding
-from uniflow.training.checkpoint_io import atomic_write
 from uniflow.training.finite import check_finite
 from uniflow.training.schedule import warmup_cosine
 
