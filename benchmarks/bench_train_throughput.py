@@ -50,7 +50,9 @@ def measure(config: str, threads: int, precision: str, steps: int, warmup: int) 
         torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
         optimizer.step()
         if module.ema is not None:
-            ema_update(list(module.ema.parameters()), module._averaged_sources(), ema_decay_at(k, 0.999, True))
+            ema_update(
+                list(module.ema.parameters()), module._averaged_sources(), ema_decay_at(k, 0.999, True)
+            )
 
     for k in range(warmup):
         step(k)

@@ -23,11 +23,14 @@ def _train(base: tuple[Path, list[str]], output: Path, strategy: str) -> dict:
     args = [*overrides, f"output_dir={output}", f"name={strategy}", "trainer.accelerator=cpu",
             "trainer.devices=2", f"trainer.strategy={strategy}", "summary.enabled=false"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "uniflow", "train", str(config), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # A file, not a pipe: Lightning's second process inherits the output and may outlive rank 0's.
+    log = output / f"{strategy}.log"
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "uniflow", "train", str(config), *args],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=240,
+        ).returncode  # fmt: skip
+    assert code == 0, log.read_text()[-4000:]
     run_dir = output / strategy
     return {
         "metrics": json.loads((run_dir / "metrics.json").read_text()),

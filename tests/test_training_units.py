@@ -150,3 +150,26 @@ def test_reconstruct_with_fixed_noise_is_reproducible_with_and_without_token_mer
     a = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
     b = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
     assert a.shape == images.shape and torch.equal(a, b)
+
+
+def test_step_stream_resumes_an_ffcv_loader_in_the_same_order(tmp_path):
+    from uniflow.data.ffcv import FFCVLoader, ffcv_available, write_ffcv
+
+    if not ffcv_available():
+        pytest.skip("ffcv is not installed")
+    from PIL import Image
+
+    for i in range(12):  # one image per class, so the labels spell out the visiting order
+        (tmp_path / "tree" / f"c{i:02d}").mkdir(parents=True)
+        Image.new("RGB", (40, 40), (20 * i, 0, 0)).save(tmp_path / "tree" / f"c{i:02d}" / "a.png")
+    path = write_ffcv(
+        tmp_path / "tree", tmp_path / "d.beton", max_side=40, jpeg_quality=90, num_workers=1
+    ).path
+
+    def labels(start: int, count: int) -> list[list[int]]:
+        loader = FFCVLoader(path, image_size=32, batch_size=4, train=True, num_workers=1, seed=5)
+        return [b["label"].tolist() for _, b in zip(range(count), StepStream(loader, start=start))]
+
+    full = labels(0, 9)  # 3 batches per epoch: epochs 0, 1, 2
+    assert labels(4, 5) == full[4:]
+    assert full[:3] != full[3:6]

@@ -223,6 +223,11 @@ class FFCVLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use ``epoch``'s order (FFCV draws each epoch's order from seed and epoch),
+        so that a run resumed mid-training continues the order of the uninterrupted one."""
+        self.loader.next_epoch = epoch
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for image, label in self.loader:
             # FFCV reuses its output buffers between batches, so the conversion must copy.
