@@ -138,7 +138,6 @@ def test_module_switches_ema_and_parameter_groups(micro_run):
 @pytest.mark.parametrize("merge", [False, True])
 def test_reconstruct_with_fixed_noise_is_reproducible_with_and_without_token_merge(tiny_config_path, merge):
     from uniflow import UniFlowTokenizer
-    from uniflow.training.summary import reconstruct
 
     tok = UniFlowTokenizer.from_config(
         tiny_config_path,
@@ -147,8 +146,8 @@ def test_reconstruct_with_fixed_noise_is_reproducible_with_and_without_token_mer
         for_training=False,
     )  # fmt: skip
     images = torch.rand(2, 3, 64, 64)
-    a = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
-    b = reconstruct(tok, images, 2, torch.Generator().manual_seed(0))
+    a = tok.reconstruct(images, 2, generator=torch.Generator().manual_seed(0))
+    b = tok.reconstruct(images, 2, generator=torch.Generator().manual_seed(0))
     assert a.shape == images.shape and torch.equal(a, b)
 
 

@@ -88,25 +88,33 @@ class PixelFlowDecoder(nn.Module):
         )
         noise = torch.randn(rows.shape, device=rows.device, dtype=rows.dtype, generator=generator)
         x_t, u = flow.interpolate(rows, noise, t)
-        v = self.head(x_t, t, cond)
-        x_hat = flow.one_step_estimate(x_t, t, v.float()).reshape(x.shape)
+        v = self.head(x_t, t, cond).float()
+        x_hat = flow.one_step_estimate(x_t, t, v).reshape(x.shape)
         return {
-            "loss": torch.mean((v.float() - u) ** 2),
+            "loss": torch.mean((v - u) ** 2),
             "x_hat": unpatchify(x_hat, grid, self.patch_size),
         }
 
     @torch.no_grad()
     def sample(
-        self, z: torch.Tensor, steps: int = 1, sampler: str = "euler", noise: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        steps: int = 1,
+        sampler: str = "euler",
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Decode the latent to pixels in [-1, 1] (``B x 3 x h*p x w*p``) by integrating every patch's flow."""
+        """Decode the latent to pixels in [-1, 1] (``B x 3 x h*p x w*p``) by integrating every patch's flow.
+
+        The starting noise is ``noise`` (``B x N x patch_dim``) if given, else drawn in float32 from
+        ``generator`` (on ``z``'s device), so a seeded decode is the same under any autocast dtype.
+        """
         cond, grid = self.conditions(z)
         b, n, _ = cond.shape
         cond = cond.reshape(b * n, -1)
         patch_dim = 3 * self.patch_size**2
         if noise is None:
-            noise = torch.randn(b * n, patch_dim, device=z.device, dtype=cond.dtype)
-        else:
-            noise = noise.reshape(b * n, patch_dim).to(cond.dtype)
+            noise = torch.randn(b, n, patch_dim, device=z.device, generator=generator)
+        noise = noise.reshape(b * n, patch_dim).to(cond.dtype)
         rows = flow.sample(lambda x, t: self.head(x, t, cond), noise, steps=steps, sampler=sampler)
         return unpatchify(rows.reshape(b, n, patch_dim), grid, self.patch_size)

@@ -45,7 +45,7 @@ def check_images(images: Any, name: str = "images") -> None:
         raise ValueError(f"{name}: expected 3 channels (RGB) in dim 1, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"{name}: expected a floating dtype with values in [0, 1], got {images.dtype}")
-    lo, hi = images.min().item(), images.max().item()
+    lo, hi = (v.item() for v in torch.aminmax(images.detach()))
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
@@ -203,11 +203,13 @@ class UniFlowTokenizer(nn.Module):
         sampler: str | None = None,
         size: tuple[int, int] | None = None,
         noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Latent ``B x d x h x w`` -> images ``B x 3 x H x W`` in [0, 1].
 
         ``steps``/``sampler`` default to the config (one Euler step). ``size`` crops the padded output
         back to the input size; by default the full ``h * stride`` x ``w * stride`` image is returned.
+        The starting noise is ``noise`` (``B x N x 3 p^2``, N decoder patches) or drawn from ``generator``.
         """
         if z.dim() != 4 or z.shape[1] != self.cfg.decoder.latent_dim:
             raise ValueError(
@@ -215,16 +217,23 @@ class UniFlowTokenizer(nn.Module):
             )
         steps = steps if steps is not None else self.cfg.flow.steps
         sampler = sampler or self.cfg.flow.sampler
-        pixels = self.decoder.sample(z, steps=steps, sampler=sampler, noise=noise)
+        pixels = self.decoder.sample(z, steps=steps, sampler=sampler, noise=noise, generator=generator)
         images = ((pixels.float() + 1) / 2).clamp(0, 1)
         return self.crop(images, size) if size is not None else images
 
     @torch.no_grad()
     def reconstruct(
-        self, images: torch.Tensor, steps: int | None = None, sampler: str | None = None
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """decode(encode(images)) cropped back to the input size."""
-        return self.decode(self.encode(images), steps=steps, sampler=sampler, size=tuple(images.shape[-2:]))
+        """decode(encode(images)) cropped back to the input size (noise from ``generator`` if given)."""
+        z = self.encode(images)
+        return self.decode(
+            z, steps=steps, sampler=sampler, size=tuple(images.shape[-2:]), generator=generator
+        )
 
     def training_losses(
         self, images: torch.Tensor, generator: torch.Generator | None = None

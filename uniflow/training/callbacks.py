@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 from uniflow.tokenizer import UniFlowTokenizer
-from uniflow.training.summary import reconstruct
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -99,7 +98,9 @@ class ReconstructionGrid(L.Callback):
         assert self.images is not None
         images = self.images.to(device)
         rows = [images] + [
-            reconstruct(tokenizer, images, steps, torch.Generator(device=device).manual_seed(self.seed))
+            tokenizer.reconstruct(
+                images, steps, generator=torch.Generator(device=device).manual_seed(self.seed)
+            )
             for steps in self.sample_steps
         ]
         return make_grid(torch.cat(rows).float().cpu(), nrow=images.shape[0], padding=1)

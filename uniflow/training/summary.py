@@ -39,23 +39,6 @@ def _batches(dataset: Dataset, batch_size: int) -> DataLoader:
 
 
 @torch.no_grad()
-def reconstruct(
-    tokenizer: UniFlowTokenizer, images: torch.Tensor, steps: int, generator: torch.Generator
-) -> torch.Tensor:
-    """decode(encode(images)) with the starting noise drawn from ``generator`` (reproducible numbers).
-
-    ``generator`` must live on ``images``' device.
-    """
-    z = tokenizer.encode(images)
-    merge = tokenizer.stride // tokenizer.patch_size  # latent tokens -> decoder patches
-    patches = z.shape[2] * z.shape[3] * merge**2
-    noise = torch.randn(
-        z.shape[0], patches, 3 * tokenizer.patch_size**2, generator=generator, device=images.device
-    )
-    return tokenizer.decode(z, steps=steps, noise=noise, size=tuple(images.shape[-2:]))
-
-
-@torch.no_grad()
 def reconstruction_metrics(
     tokenizer: UniFlowTokenizer, dataset: Dataset, steps: int, batch_size: int, seed: int = 0
 ) -> dict[str, float]:
@@ -63,7 +46,7 @@ def reconstruction_metrics(
     generator = torch.Generator().manual_seed(seed)
     psnrs, ssims = [], []
     for batch in _batches(dataset, batch_size):
-        recon = reconstruct(tokenizer, batch["image"], steps, generator)
+        recon = tokenizer.reconstruct(batch["image"], steps, generator=generator)
         psnrs.append(psnr(batch["image"], recon))
         ssims.append(ssim(batch["image"], recon))
     return {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
@@ -76,7 +59,7 @@ def write_grid(
     """PNG with the originals in the first row and one row of reconstructions per entry of ``sample_steps``."""
     rows = [images]
     for steps in sample_steps:
-        rows.append(reconstruct(tokenizer, images, steps, torch.Generator().manual_seed(seed)))
+        rows.append(tokenizer.reconstruct(images, steps, generator=torch.Generator().manual_seed(seed)))
     grid = make_grid(torch.cat(rows), nrow=images.shape[0], padding=2, pad_value=1.0)
     Image.fromarray(grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(path)
 

@@ -24,7 +24,6 @@ from uniflow.tokenizer.model import TRAINING_ONLY_PREFIXES
 from uniflow.training.ema import copy_weights, ema_decay_at, ema_update
 from uniflow.training.finite import check_finite
 from uniflow.training.schedule import warmup_cosine
-from uniflow.training.summary import reconstruct
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -166,7 +165,7 @@ class TokenizerModule(L.LightningModule):
         images = batch["image"]
         # Fixed noise per validation batch: the PSNR curve measures the model, not the draw.
         generator = step_generator(self.cfg.seed, batch_idx, self.global_rank, images.device)
-        recon = reconstruct(self.inference_tokenizer, images, 1, generator)
+        recon = self.inference_tokenizer.reconstruct(images, 1, generator=generator)
         # Metric objects: Lightning computes the mean over all ranks' images at the epoch end and resets.
         self.val_psnr.update(psnr(images, recon))
         self.val_ssim.update(ssim(images, recon))
