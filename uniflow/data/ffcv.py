@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from uniflow.data.folder import DECODE_ERRORS, load_rgb, scan_image_folder
+from uniflow.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,16 @@ def write_ffcv(
             "write_ffcv: skipped %d unreadable of %d images under %s", len(skipped), len(samples), src_folder
         )
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(out_path.name + ".partial")
-    writer = DatasetWriter(
-        str(tmp_path),
-        {
-            "image": RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality),
-            "label": IntField(),
-        },
-        num_workers=num_workers,
-    )
-    writer.from_indexed_dataset(_WriterSource(good, max_side), chunksize=chunk_size)
-    os.replace(tmp_path, out_path)
+    with atomic_path(out_path) as tmp_path:
+        writer = DatasetWriter(
+            str(tmp_path),
+            {
+                "image": RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality),
+                "label": IntField(),
+            },
+            num_workers=num_workers,
+        )
+        writer.from_indexed_dataset(_WriterSource(good, max_side), chunksize=chunk_size)
     return FFCVWriteReport(out_path, len(good), skipped, classes)
 
 

