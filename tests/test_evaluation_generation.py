@@ -73,7 +73,7 @@ def test_generated_samples_are_scored_and_written_in_adm_format(ctx, tmp_path):
     assert run.metrics["gFID"].value > 0 and run.metrics["gFID"].provenance["reference_stats"] == reference.id
     # 10 splits of 4 samples, as torch-fidelity computes it; 1.0 would mean identical predictions.
     assert run.metrics["IS"].reason is None and run.metrics["IS"].value > 1.0
-    assert run.provenance["guidance"] == 1.5 and run.provenance["samples_count"] == 40
+    assert run.provenance["guidance"] == 1.5 and run.provenance["samples"] == 40
     assert "protocol uses 50000" in run.notes[0]
     with np.load(tmp_path / "samples.npz") as written:
         arr = written["arr_0"]
@@ -111,7 +111,7 @@ def test_generation_benchmark_scores_a_sample_file_through_the_suite(tmp_path, m
     assert gen.metrics["IS"].value is None and "no classifier" in gen.metrics["IS"].reason
     prov = gen.metrics["gFID"].provenance
     assert prov["guidance"] == prov["sampler"] == "not stated by the sample file"
-    assert prov["samples_count"] == N and prov["samples"] == str(samples)
+    assert prov["samples"] == N and prov["samples_file"] == str(samples)
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "guidance: not stated by the sample file" in table and "2.42 (= 2.51 - 0.09)" in table
     assert "imagenet_gen IS: n/a: the fake extractor has no classifier" in table

@@ -68,7 +68,7 @@ def _rows(result: BenchmarkResult, footnotes: _Footnotes, notes: list[str]) -> l
         if result.status != OK:
             ours, samples, provenance = f"not run: {result.reason}", "", ""
         else:
-            samples = str(value.provenance.get("samples", value.provenance.get("samples_count", "")))
+            samples = str(value.provenance.get("samples", ""))
             provenance = footnotes.label(value.provenance)
             if value.value is None:
                 ours = "n/a (see notes)"

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import torch
 
-from uniflow.metrics.fid import FIDMetric, frechet_distance
+from uniflow.metrics.fid import frechet_distance
 from uniflow.metrics.inception import InceptionFeatureExtractor, InceptionWeightsNotFound
-from uniflow.metrics.reference import ReferenceStats, build_reference_stats, iter_folder_batches
+from uniflow.metrics.reference import (
+    ReferenceStats,
+    build_reference_stats,
+    compute_reference_stats,
+    iter_folder_batches,
+)
 
 
 def _default_device() -> str:
@@ -39,10 +44,8 @@ def _statistics(source: Path, extractor: InceptionFeatureExtractor, batch_size: 
     """An image folder's statistics, or a ``.npz`` (our statistics, ADM's reference or sample files)."""
     if source.is_file() and source.suffix == ".npz":
         return ReferenceStats.load(source, extractor, batch_size)
-    metric = FIDMetric(extractor, device=next(extractor.parameters()).device)
-    for batch in iter_folder_batches(source, batch_size):
-        metric.update(batch)
-    return ReferenceStats(metric.stats.mean(), metric.stats.cov(), {"count": metric.stats.count})
+    meta = {"source": str(source), "source_name": source.name, "preprocessing": "image files as stored"}
+    return compute_reference_stats(iter_folder_batches(source, batch_size), extractor, meta)
 
 
 def fid_main(argv: list[str]) -> int:

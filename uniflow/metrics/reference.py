@@ -18,17 +18,17 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from uniflow.data.folder import scan_image_folder
 from uniflow.io import atomic_write
 from uniflow.metrics.fid import FeatureStats
 from uniflow.metrics.inception import FEATURE_DIM, InceptionFeatureExtractor, to_uint8
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ADM_CROP = "adm_center_crop_arr"
 
 
@@ -56,10 +56,8 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-    return files
+    samples, _ = scan_image_folder(folder, "flat")
+    return sorted(path for path, _ in samples)
 
 
 def iter_folder_batches(
@@ -86,6 +84,14 @@ def _stack_hwc(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of a ``.npy`` stream; the stream is left at the first data byte."""
+    version = np.lib.format.read_magic(stream)
+    fmt = np.lib.format
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    return read_header(stream)
+
+
 def iter_npz_batches(path: str | Path, key: str = "arr_0", batch_size: int = 50) -> Iterator[torch.Tensor]:
     """uint8 B x 3 x H x W batches of an N x H x W x 3 array inside an ``.npz``, read incrementally.
 
@@ -93,11 +99,7 @@ def iter_npz_batches(path: str | Path, key: str = "arr_0", batch_size: int = 50)
     as a stream keeps one batch in memory.
     """
     with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(stream)
+        shape, fortran_order, dtype = read_npy_header(stream)
         if fortran_order or dtype != np.uint8 or len(shape) != 4 or shape[3] != 3:
             raise ValueError(
                 f"{path}:{key} must be a C-ordered uint8 N x H x W x 3 array, got {dtype} {shape}"
@@ -123,6 +125,21 @@ class ReferenceStats:
         """A short name for result tables: the source and the first hex digits of the statistics' hash."""
         digest = hashlib.sha256(self.mu.tobytes() + self.sigma.tobytes()).hexdigest()[:12]
         return f"{self.meta.get('source_name', 'stats')}@{digest}"
+
+    @classmethod
+    def from_feature_stats(
+        cls, stats: FeatureStats, extractor: InceptionFeatureExtractor, meta: dict[str, Any]
+    ) -> ReferenceStats:
+        """Statistics of streamed features, with the count and the extractor's provenance added to ``meta``."""
+        meta = {
+            **meta,
+            "count": stats.count,
+            "extractor": "torch-fidelity inception-v3-compat, 2048-d pool features",
+            "extractor_weights_sha256": extractor.weights.sha256,
+            "extractor_weights_source": extractor.weights.source,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        return cls(stats.mean(), stats.cov(), meta)
 
     def save(self, path: str | Path) -> Path:
         meta = np.array(json.dumps(self.meta, sort_keys=True))
@@ -167,15 +184,7 @@ def compute_reference_stats(
     device = stats.sum.device
     for batch in batches:
         stats.update(extractor(batch.to(device)))
-    meta = {
-        **(meta or {}),
-        "count": stats.count,
-        "extractor": "torch-fidelity inception-v3-compat, 2048-d pool features",
-        "extractor_weights_sha256": extractor.weights.sha256,
-        "extractor_weights_source": extractor.weights.source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return ReferenceStats(stats.mean(), stats.cov(), meta)
+    return ReferenceStats.from_feature_stats(stats, extractor, meta or {})
 
 
 def build_reference_stats(
@@ -189,16 +198,14 @@ def build_reference_stats(
     source = Path(source)
     extractor = extractor if extractor is not None else InceptionFeatureExtractor()
     if source.is_file() and source.suffix == ".npz":
-        batches = iter_npz_batches(source, "arr_0", batch_size)
-        preprocessing = "ADM npz arr_0 as stored"
+        stats = ReferenceStats.load(source, extractor, batch_size)
     else:
-        batches = iter_folder_batches(source, batch_size, crop_size=size)
         preprocessing = f"{ADM_CROP}({size}) from image files" if size else "image files as stored"
-    stats = compute_reference_stats(
-        batches,
-        extractor,
-        {"source": str(source), "source_name": source.stem, "preprocessing": preprocessing},
-    )
+        stats = compute_reference_stats(
+            iter_folder_batches(source, batch_size, crop_size=size),
+            extractor,
+            {"source": str(source), "source_name": source.stem, "preprocessing": preprocessing},
+        )
     stats.save(out)
     return stats
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from uniflow.config import ConfigError, EvalConfig
@@ -24,7 +23,7 @@ from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.registry import Benchmark, register
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
 from uniflow.metrics import AdmNpzWriter, FIDMetric, ReferenceStats
-from uniflow.metrics.reference import iter_npz_batches
+from uniflow.metrics.reference import iter_npz_batches, read_npy_header
 
 PROTOCOL_SAMPLES = 50_000
 NOT_STATED = "not stated by the sample file"
@@ -45,15 +44,6 @@ class SampleSource(Protocol):
         ...
 
 
-def _npz_images_shape(path: Path) -> tuple[int, ...]:
-    with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        fmt = np.lib.format
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, _, _ = read_header(stream)  # the header only: no pixels are read
-    return tuple(shape)
-
-
 class NpzSamples:
     """An ADM sample file (uint8 ``arr_0`` N x H x W x 3); every rank streams it and keeps its share."""
 
@@ -62,14 +52,15 @@ class NpzSamples:
         if not self.path.is_file():
             raise FileNotFoundError(f"generated samples not found: {self.path}")
         try:
-            shape = _npz_images_shape(self.path)
+            with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as stream:
+                shape, _, _ = read_npy_header(stream)  # the header only: no pixels are read
         except KeyError as err:
             raise ValueError(f"{self.path} is not an ADM sample file: it has no arr_0") from err
         self.num_samples, self.image_size = int(shape[0]), int(shape[1])
 
     def provenance(self) -> dict[str, Any]:
         return {
-            "samples": str(self.path),
+            "samples_file": str(self.path),
             "tokenizer_sha256": NOT_STATED,
             "sampler": NOT_STATED,
             "steps": NOT_STATED,
@@ -127,7 +118,7 @@ def score_samples(
     notes = []
     if count != PROTOCOL_SAMPLES:
         notes.append(f"gFID from {count} samples; the protocol uses {PROTOCOL_SAMPLES} (50 per class)")
-    data = {"samples_count": count, **source.provenance()}
+    data = {**source.provenance(), "samples": count}
     if written is not None:
         data["samples_written"] = written
     return BenchmarkRun(metrics, data, notes)

@@ -37,47 +37,25 @@ for name, metric, refs in _UNDERSTANDING:
         )
     )
 
-register(
-    Benchmark(
-        name="imagenet_linear",
-        family="classification",
-        title="ImageNet-1K linear probe top-1",
-        metrics=("top-1",),
-        references=references.IMAGENET_LINEAR_PROBE,
-        paper=True,
-        pending=PROBE.format(what="linear classification"),
+_PROBES = (
+    ("imagenet_linear", "classification", "ImageNet-1K linear probe top-1", ("top-1",),
+     references.IMAGENET_LINEAR_PROBE, "linear classification"),
+    ("ade20k_seg", "segmentation", "ADE20K linear probe", ("mIoU",),
+     references.ADE20K_SEGMENTATION, "dense linear segmentation"),
+    ("coco_det", "detection", "COCO 2017 detection probe", ("box mAP",),
+     references.COCO_DETECTION, "detection"),
+    ("nyu_depth", "depth", "NYU-Depth v2 linear probe", ("RMSE", "delta1"),
+     references.NYU_DEPTH, "dense linear depth"),
+)  # fmt: skip
+for name, family, title, metrics, refs, probe in _PROBES:
+    register(
+        Benchmark(
+            name=name,
+            family=family,
+            title=title,
+            metrics=metrics,
+            references=refs,
+            paper=True,
+            pending=PROBE.format(what=probe),
+        )
     )
-)
-register(
-    Benchmark(
-        name="ade20k_seg",
-        family="segmentation",
-        title="ADE20K linear probe",
-        metrics=("mIoU",),
-        references=references.ADE20K_SEGMENTATION,
-        paper=True,
-        pending=PROBE.format(what="dense linear segmentation"),
-    )
-)
-register(
-    Benchmark(
-        name="coco_det",
-        family="detection",
-        title="COCO 2017 detection probe",
-        metrics=("box mAP",),
-        references=references.COCO_DETECTION,
-        paper=True,
-        pending=PROBE.format(what="detection"),
-    )
-)
-register(
-    Benchmark(
-        name="nyu_depth",
-        family="depth",
-        title="NYU-Depth v2 linear probe",
-        metrics=("RMSE", "delta1"),
-        references=references.NYU_DEPTH,
-        paper=True,
-        pending=PROBE.format(what="dense linear depth"),
-    )
-)

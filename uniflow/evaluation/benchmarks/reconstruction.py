@@ -120,14 +120,9 @@ def score_reconstructions(
     acc = accumulate(ctx, name, batches, total, originals=reference is None, lpips=lpips)
     acc.sync()
     if acc.originals is not None:
-        stats = acc.originals.stats
-        meta = {
-            "source_name": name,
-            "count": stats.count,
-            "preprocessing": preprocessing,
-            "extractor_weights_sha256": ctx.inception().weights.sha256,
-        }
-        reference = ReferenceStats(stats.mean(), stats.cov(), meta)
+        reference = ReferenceStats.from_feature_stats(
+            acc.originals.stats, ctx.inception(), {"source_name": name, "preprocessing": preprocessing}
+        )
         origin = "the originals, streamed in this run"
         if cache_file is not None and ctx.is_main:
             reference_cache.save(reference, cache_file)
