@@ -24,6 +24,12 @@ def tiny_config_path() -> Path:
 
 
 @pytest.fixture
+def micro_decoder() -> dict:
+    """The smallest decoder section of a tokenizer config, for tests about the encoder side."""
+    return {"latent_dim": 4, "width": 32, "gtb_depth": 1, "gtb_heads": 2, "head_depth": 1, "head_width": 16}
+
+
+@pytest.fixture
 def tiny_tokenizer():
     from uniflow import UniFlowTokenizer
 

@@ -148,7 +148,7 @@ def test_hf_state_dict_checkpoint_is_loaded(tmp_path):
     torch.testing.assert_close(enc(enc.normalize(x)).last, expected)
 
 
-def test_tokenizer_on_hf_encoder_saves_and_loads_without_the_original_directory(tmp_path):
+def test_tokenizer_on_hf_encoder_saves_and_loads_without_the_original_directory(tmp_path, micro_decoder):
     import shutil
 
     from uniflow import UniFlowTokenizer
@@ -159,14 +159,7 @@ def test_tokenizer_on_hf_encoder_saves_and_loads_without_the_original_directory(
         {
             "image_size": 32,
             "encoder": {"backend": "hf", "name": str(tmp_path / "enc"), "image_size": 32},
-            "decoder": {
-                "latent_dim": 4,
-                "width": 32,
-                "gtb_depth": 1,
-                "gtb_heads": 2,
-                "head_depth": 1,
-                "head_width": 16,
-            },
+            "decoder": micro_decoder,
         },
     ).eval()
     tok.save_pretrained(tmp_path / "tok")

@@ -73,7 +73,7 @@ def test_padding_and_cropping_preserve_the_image_size(tiny_tokenizer, size):
     assert tiny_tokenizer.reconstruct(x).shape == x.shape
 
 
-def test_patch14_pads_256_to_a_multiple():
+def test_patch14_pads_256_to_a_multiple(micro_decoder):
     tok = UniFlowTokenizer.from_config(
         {
             "image_size": 256,
@@ -81,14 +81,7 @@ def test_patch14_pads_256_to_a_multiple():
                 "kwargs": {"patch_size": 14, "embed_dim": 32, "depth": 1, "num_heads": 2},
                 "image_size": 224,
             },
-            "decoder": {
-                "latent_dim": 4,
-                "width": 32,
-                "gtb_depth": 1,
-                "gtb_heads": 2,
-                "head_depth": 1,
-                "head_width": 16,
-            },
+            "decoder": micro_decoder,
         },
         for_training=False,
     )

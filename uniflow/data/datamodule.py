@@ -170,21 +170,24 @@ class UniFlowDataModule(L.LightningDataModule):
             drop_last=train,
         )
 
+    def _ffcv(self, train: bool, rank: int, world_size: int) -> FFCVLoader:
+        return FFCVLoader(
+            self.train_path if train else self.val_path,  # type: ignore[arg-type]
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            train=train,
+            num_workers=self.num_workers,
+            rank=rank,
+            world_size=world_size,
+            seed=self.seed,
+            crop_scale=self.crop_scale,
+            os_cache=self.ffcv_os_cache,
+        )
+
     def make_train_loader(self, rank: int = 0, world_size: int = 1) -> Iterable[dict[str, torch.Tensor]]:
         """This rank's training loader (random order, sharded, last partial batch dropped)."""
         if self.backend == "ffcv":
-            return FFCVLoader(
-                self.train_path,  # type: ignore[arg-type]
-                image_size=self.image_size,
-                batch_size=self.batch_size,
-                train=True,
-                num_workers=self.num_workers,
-                rank=rank,
-                world_size=world_size,
-                seed=self.seed,
-                crop_scale=self.crop_scale,
-                os_cache=self.ffcv_os_cache,
-            )
+            return self._ffcv(train=True, rank=rank, world_size=world_size)
         self.setup("fit")
         assert self.train_set is not None
         sampler = DistributedSampler(
@@ -195,16 +198,7 @@ class UniFlowDataModule(L.LightningDataModule):
     def make_val_loader(self, rank: int = 0, world_size: int = 1) -> Iterable[dict[str, torch.Tensor]]:
         """This rank's validation loader: its share of the held-out samples, each exactly once."""
         if self.backend == "ffcv":
-            return FFCVLoader(
-                self.val_path,  # type: ignore[arg-type]
-                image_size=self.image_size,
-                batch_size=self.batch_size,
-                train=False,
-                num_workers=self.num_workers,
-                rank=rank,
-                world_size=world_size,
-                os_cache=self.ffcv_os_cache,
-            )
+            return self._ffcv(train=False, rank=rank, world_size=world_size)
         self.setup("validate")
         assert self.val_set is not None
         if self.skipped:
