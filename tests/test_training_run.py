@@ -147,3 +147,16 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_last_ckpt(micro_r
     ckpt_dir = Path(cfg.output_dir) / cfg.name / "checkpoints"
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 3
     assert [p.name for p in ckpt_dir.iterdir()] == ["last.ckpt"]
+
+
+def test_teacher_stage_of_an_fsdp_run_trains_with_plain_data_parallelism(micro_run, tmp_path):
+    """FSDP2 is for the tokenizer; the small supervised teacher must still train under such a run."""
+    from uniflow.training.run import train_teacher
+
+    path, overrides = micro_run
+    cfg = load_config(
+        path, [*overrides, "teacher.enabled=true", "trainer.strategy=fsdp", "trainer.devices=1"]
+    )
+    target = tmp_path / "teacher.safetensors"
+    train_teacher(cfg, target)
+    assert target.is_file()

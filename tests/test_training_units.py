@@ -95,6 +95,7 @@ def test_step_stream_of_a_plain_iterable_reads_ahead():
         (["data.backend=folder"], "data.train_path"),
         (["trainer.strategy=fsdp", "trainer.devices=auto"], "trainer.devices"),
         (["trainer.precisoin=32-true"], "trainer.precisoin"),
+        (["trainer.precision=bf16-true", "optim.ema_decay=0.999"], "optim.ema_decay"),
     ],
 )
 def test_config_errors_name_the_key_before_any_work(tiny_config_path, tmp_path, capsys, overrides, message):
@@ -172,3 +173,30 @@ def test_step_stream_resumes_an_ffcv_loader_in_the_same_order(tmp_path):
     full = labels(0, 9)  # 3 batches per epoch: epochs 0, 1, 2
     assert labels(4, 5) == full[4:]
     assert full[:3] != full[3:6]
+
+
+@pytest.mark.parametrize("scaler", [False, True])
+def test_an_infinite_gradient_norm_stops_the_run_unless_a_grad_scaler_handles_it(
+    micro_run, scaler, monkeypatch
+):
+    import lightning as L
+
+    from uniflow.config import load_config
+    from uniflow.training.finite import NonFiniteLossError
+    from uniflow.training.tokenizer_module import TokenizerModule
+
+    path, overrides = micro_run
+    module = TokenizerModule(load_config(path, overrides))
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
+    # Lightning builds a GradScaler only for 16-mixed on CUDA; set one by hand here.
+    trainer.precision_plugin.scaler = torch.amp.GradScaler("cpu") if scaler else None
+    module.trainer = trainer
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    weight = module.tokenizer.decoder.head.input.weight
+    weight.grad = torch.full_like(weight, float("inf"))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    if scaler:
+        module.configure_gradient_clipping(optimizer, 1.0)
+    else:
+        with pytest.raises(NonFiniteLossError, match="gradient norm"):
+            module.configure_gradient_clipping(optimizer, 1.0)

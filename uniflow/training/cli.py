@@ -33,6 +33,13 @@ def check_config(cfg: RunConfig) -> None:
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
+    if cfg.optim.ema_decay > 0 and t.precision == "bf16-true":
+        # bf16-true casts the whole module, the average included: an update of (1 - decay) times a
+        # small difference then rounds away, and the EMA stops moving once the decay passes ~0.996.
+        raise ConfigError(
+            "config key 'optim.ema_decay' > 0 needs the EMA in float32, which trainer.precision=bf16-true "
+            "does not keep; use trainer.precision=bf16-mixed or optim.ema_decay=0"
+        )
     if cfg.teacher.enabled:
         if cfg.tokenizer.encoder.backend != "timm":
             raise ConfigError(

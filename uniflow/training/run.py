@@ -203,6 +203,10 @@ def train_teacher(cfg: RunConfig, path: Path, callbacks: Sequence[L.Callback] = 
     )
     data = UniFlowDataModule.from_config(data_cfg)
     module = TeacherModule(cfg.tokenizer.encoder, t, _num_classes(data))
+    # FSDP2 shards the tokenizer; the small classifier trains with plain data parallelism (it has no
+    # configure_model for ModelParallelStrategy to shard, and needs none).
+    if cfg.trainer.strategy == "fsdp":
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, strategy="auto"))
     trainer = build_trainer(cfg, directory, "teacher", t.max_steps, t.grad_clip, callbacks)
     if trainer.is_global_zero:
         atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
