@@ -11,13 +11,15 @@ import torch.distributed as dist
 def init_from_environment() -> bool:
     """Join the process group a launcher (torchrun, srun with its env) describes; True if this call created it.
 
-    Evaluation only all-reduces statistics, so gloo on CPU and NCCL on GPU both do.
+    Evaluation only all-reduces statistics. The group is created before the config says where they
+    live (``eval.device`` may be the CPU on a GPU node), so it gets gloo for CPU tensors and, when
+    there is a GPU, NCCL for CUDA tensors.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
     return True
