@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class EncoderAdapter(nn.Module):
     """A ViT whose every block's patch tokens can be read, plus its own input normalisation.
 
     Subclasses set ``patch_size``, ``width``, ``depth``, ``num_prefix_tokens`` and ``mean``/``std``
-    (the encoder's own normalisation, applied by :meth:`normalize`) and implement :meth:`forward`.
+    (the encoder's own normalisation, through :meth:`set_normalization`) and implement :meth:`forward`.
     """
 
     patch_size: int
@@ -47,11 +48,16 @@ class EncoderAdapter(nn.Module):
     # must look for unused parameters with them.
     all_parameters_used: bool = True
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Record the encoder's input normalisation, and keep it as (unsaved) buffers that move with
+        the module, so :meth:`normalize` never copies from the host in the training step."""
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.register_buffer("pixel_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> the encoder's input space."""
-        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        return (images - mean) / std
+        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
 
     def forward(self, pixels: torch.Tensor) -> EncoderFeatures:  # pragma: no cover - abstract
         """Normalised pixels ``B x 3 x H x W`` (H, W multiples of ``patch_size``) -> per-block tokens."""

@@ -85,7 +85,7 @@ class HFEncoder(EncoderAdapter):
         self.depth = int(vcfg.num_hidden_layers)
         size = getattr(vcfg, "image_size", cfg.image_size)
         self.native_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean, self.std = self._normalisation(cfg, source)
+        self.set_normalization(*self._normalisation(cfg, source))
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
 
     @staticmethod

@@ -27,8 +27,10 @@ class OpenClipEncoder(EncoderAdapter):
         )
         visual = clip.visual
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
-        self.mean = tuple(cfg.mean or preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        self.std = tuple(cfg.std or preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self.set_normalization(
+            cfg.mean or preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN),
+            cfg.std or preprocess.get("std", open_clip.OPENAI_DATASET_STD),
+        )
         trunk = getattr(visual, "trunk", None)
         if trunk is not None:  # timm-backed tower (e.g. SigLIP): reuse the timm adapter on its trunk
             self.visual = TimmEncoder(cfg, model=trunk)

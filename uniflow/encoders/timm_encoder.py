@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from uniflow.config import EncoderConfig
@@ -29,6 +31,12 @@ def create_timm_vit(cfg: EncoderConfig, num_classes: int = 0) -> torch.nn.Module
     return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
 
 
+def timm_normalization(cfg: EncoderConfig, model: torch.nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+    """(mean, std) of a timm model's input: the config's if set, else its pretrained config's, else ImageNet's."""
+    pretrained = getattr(model, "pretrained_cfg", {}) or {}
+    return cfg.mean or pretrained.get("mean", IMAGENET_MEAN), cfg.std or pretrained.get("std", IMAGENET_STD)
+
+
 class TimmEncoder(EncoderAdapter):
     def __init__(self, cfg: EncoderConfig, model: torch.nn.Module | None = None):
         super().__init__()
@@ -43,9 +51,7 @@ class TimmEncoder(EncoderAdapter):
         self.width = int(self.model.embed_dim)
         self.depth = len(self.model.blocks)
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
-        pretrained = getattr(self.model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(cfg.mean or pretrained.get("mean", IMAGENET_MEAN))
-        self.std = tuple(cfg.std or pretrained.get("std", IMAGENET_STD))
+        self.set_normalization(*timm_normalization(cfg, self.model))
 
     def forward(self, pixels: torch.Tensor) -> EncoderFeatures:
         grid = self.grid_for(*pixels.shape[-2:])

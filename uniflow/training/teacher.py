@@ -23,8 +23,7 @@ from torchmetrics import MeanMetric
 
 from uniflow.config import EncoderConfig, TeacherConfig
 from uniflow.data.embedded import NO_LABEL
-from uniflow.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from uniflow.encoders.timm_encoder import create_timm_vit
+from uniflow.encoders.timm_encoder import create_timm_vit, timm_normalization
 from uniflow.io import atomic_write
 from uniflow.nn.embeddings import sincos_2d_position_embedding
 from uniflow.training.finite import check_finite
@@ -36,14 +35,6 @@ HEAD_WEIGHT = "head.weight"
 def _fresh(cfg: EncoderConfig) -> EncoderConfig:
     """The architecture without the checkpoint (which is where the teacher goes, not where it comes from)."""
     return dataclasses.replace(cfg, checkpoint=None)
-
-
-def normalization(cfg: EncoderConfig, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder's input normalisation, resolved as the timm adapter resolves it."""
-    pretrained = getattr(model, "pretrained_cfg", {}) or {}
-    mean = torch.tensor(cfg.mean or pretrained.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std or pretrained.get("std", IMAGENET_STD)).view(1, 3, 1, 1)
-    return mean, std
 
 
 @torch.no_grad()
@@ -70,9 +61,9 @@ class TeacherModule(L.LightningModule):
         self.model = create_timm_vit(_fresh(encoder), num_classes=num_classes)
         if teacher.sincos_pos_embed and not encoder.pretrained:
             sincos_position_embedding_(self.model)
-        mean, std = normalization(encoder, self.model)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
+        mean, std = timm_normalization(encoder, self.model)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.val_accuracy = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
