@@ -17,9 +17,11 @@ def check_finite(module: L.LightningModule, values: dict[str, torch.Tensor], wha
     the others waiting in a collective. No checkpoint of this step is written (checkpoints are saved
     after a step completes), so ``last.ckpt`` stays the last good one.
     """
-    bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
-    if module.trainer.strategy.reduce_boolean_decision(not bad, all=True):
+    # One host sync for all terms (this runs every step).
+    finite = torch.stack([torch.isfinite(value).all() for value in values.values()]).tolist()
+    if module.trainer.strategy.reduce_boolean_decision(all(finite), all=True):
         return
+    bad = [name for name, ok in zip(values, finite) if not ok]
     shown = ", ".join(f"{name}={value.item():.4g}" for name, value in values.items() if value.numel() == 1)
     where = ", ".join(bad) if bad else "a value on another rank"
     # global_step counts completed steps: this is step global_step + 1 (1-based).
