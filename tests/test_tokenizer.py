@@ -150,7 +150,8 @@ def test_released_layout_decoder_parameter_count_on_meta_device(tiny_config_path
     # InternViT-300M's config lives on the hub; its width (1024) and patch (14) are what the decoder needs.
     counts = parameter_counts(cfg, encoder_width=1024, patch_size=14)
     assert counts["encoder"] is None
-    assert counts["decoder_total"] == pytest.approx(147.5e6, rel=0.03)
+    assert counts["decoder_total"] == pytest.approx(147.5e6, rel=0.03)  # the paper's figure
+    assert counts["decoder_total"] == 147_502_732  # ours, as the README's table gives it
     assert counts["gtb"] == pytest.approx(76e6, rel=0.03)
     assert counts["flow_head"] == pytest.approx(69e6, rel=0.03)
 
@@ -179,3 +180,16 @@ def test_lpips_term_from_a_local_vgg_file(tiny_config_path, tmp_path):
     assert all(p.grad is None for p in tok.perceptual.parameters())
     tok.save_pretrained(tmp_path / "tok")
     assert UniFlowTokenizer.from_pretrained(tmp_path / "tok").perceptual is None
+
+
+def test_params_command_counts_the_decoder_alone_when_the_encoder_is_hub_only(tiny_config_path, capsys):
+    import json
+
+    from uniflow.__main__ import main
+
+    internvit = str(tiny_config_path.parent / "internvit300m.yaml")
+    assert main(["params", internvit]) == 2  # the architecture is hub remote code: not buildable offline
+    assert "--encoder-width and --patch-size" in capsys.readouterr().err
+    assert main(["params", internvit, "--encoder-width", "1024", "--patch-size", "14"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["encoder"] is None and counts["decoder_total"] == 147_502_732

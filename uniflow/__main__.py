@@ -21,13 +21,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def params_main(argv: list[str]) -> int:
+    import argparse
+
     from uniflow.config import load_tokenizer_config
     from uniflow.tokenizer.summary import parameter_counts
 
-    if not argv:
-        print("usage: python -m uniflow params CONFIG [key=value ...]", file=sys.stderr)
+    parser = argparse.ArgumentParser(
+        prog="python -m uniflow params", description="parameter counts of a tokenizer config (meta device)"
+    )
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value")
+    parser.add_argument("--encoder-width", type=int, help="count the decoder alone, for this encoder width")
+    parser.add_argument("--patch-size", type=int, help="with --encoder-width: the encoder's patch size")
+    args = parser.parse_args(argv)
+    if (args.encoder_width is None) != (args.patch_size is None):
+        parser.error("--encoder-width and --patch-size go together")
+    cfg = load_tokenizer_config(args.config, args.overrides)
+    try:
+        counts = parameter_counts(cfg, args.encoder_width, args.patch_size)
+    except OSError as err:  # e.g. a hub-only architecture (InternViT) on an offline machine
+        print(
+            f"error: cannot build the encoder {cfg.encoder.name!r} here ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0]}); give --encoder-width and --patch-size to count the decoder alone",
+            file=sys.stderr,
+        )
         return 2
-    counts = parameter_counts(load_tokenizer_config(argv[0], argv[1:]))
     print(json.dumps(counts, indent=2))
     return 0
 
