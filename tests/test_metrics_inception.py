@@ -33,6 +33,7 @@ def converted(tmp_path_factory):
 
 def test_conversion_matches_torchscript_on_real_photos(converted, scripted):
     path, max_diff = converted
+    print(f"converted Inception vs TorchScript: max abs feature difference {max_diff:.2e}")
     assert max_diff <= 1e-5
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["max_abs_feature_diff_vs_torchscript"] == max_diff and sidecar["has_classifier"] is False
