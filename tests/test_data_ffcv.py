@@ -80,6 +80,25 @@ def test_evaluation_visits_every_sample_once_on_1_2_3_ranks(written, single_rank
     assert len(got) == 8 and sorted(got) == pytest.approx(reference)
 
 
+def test_an_evaluation_subset_decodes_just_its_samples_on_every_rank(written, single_rank):
+    from uniflow.evaluation.benchmarks.readers import ffcv_batches, spread
+    from uniflow.metrics import to_uint8
+
+    _, path = written
+    full = to_uint8(single_rank[0])
+    for world_size in (1, 2, 3):
+        seen = []
+        for rank in range(world_size):
+            batches, count, total, _ = ffcv_batches(
+                path, rank, world_size, size=SIZE, batch_size=2, num=3, num_workers=1
+            )
+            assert (count, total) == (3, 8)
+            for images, index, valid in batches:
+                assert valid.all() and torch.equal(images, full[index])
+                seen += index.tolist()
+        assert sorted(seen) == spread(8, 3)  # 3 ranks: one of them holds none of the subset
+
+
 def test_training_order_is_random_with_full_batches(written):
     _, path = written
     loader = FFCVLoader(path, image_size=SIZE, batch_size=3, train=True, num_workers=1, seed=0)

@@ -164,7 +164,7 @@ class FFCVLoader:
 
     ``train``: random-resized crop (``crop_scale``) and horizontal flip, random order, last partial
     batch dropped. Otherwise: centre square crop resized to ``image_size``, every sample of this rank's
-    :func:`eval_indices` once, in order.
+    :func:`eval_indices` once, in order (or of ``indices``, when the caller chose them).
     """
 
     def __init__(
@@ -180,6 +180,7 @@ class FFCVLoader:
         seed: int = 0,
         crop_scale: tuple[float, float] = (0.35, 1.0),
         os_cache: bool = True,
+        indices: np.ndarray | None = None,
     ):
         _require_ffcv()
         from ffcv.fields.basics import IntDecoder
@@ -205,7 +206,8 @@ class FFCVLoader:
             indices = None
         else:
             order = OrderOption.SEQUENTIAL
-            indices = eval_indices(ffcv_num_samples(path), rank, world_size)
+            if indices is None:
+                indices = eval_indices(ffcv_num_samples(path), rank, world_size)
         self.loader = Loader(
             str(path),
             batch_size=batch_size,

@@ -131,7 +131,7 @@ def ffcv_batches(
     by FFCV's decoder.
 
     The FFCV eval loader visits this rank's samples ``rank, rank + world, ...`` in order, so batch
-    positions give the dataset indices. With ``num`` set, only the evenly spread subset is kept.
+    positions give the dataset indices. With ``num`` set, only the evenly spread subset is decoded.
     """
     from uniflow.data.ffcv import FFCVLoader, eval_indices, ffcv_num_samples
 
@@ -139,14 +139,19 @@ def ffcv_batches(
     selected = torch.zeros(total, dtype=torch.bool)
     selected[spread(total, num)] = True
     mine = torch.from_numpy(eval_indices(total, rank, world_size))
-    loader = FFCVLoader(
-        path,
-        image_size=size,
-        batch_size=batch_size,
-        train=False,
-        num_workers=num_workers,
-        rank=rank,
-        world_size=world_size,
+    mine = mine[selected[mine]]  # only these are decoded
+    # A rank can be left without a sample of a small subset; FFCV cannot load an empty index set.
+    loader = (
+        FFCVLoader(
+            path,
+            image_size=size,
+            batch_size=batch_size,
+            train=False,
+            num_workers=num_workers,
+            indices=mine.numpy(),
+        )
+        if len(mine)
+        else []
     )
 
     def batches() -> Iterator[Batch]:
@@ -155,9 +160,7 @@ def ffcv_batches(
             images = to_uint8(batch["image"])
             index = mine[start : start + images.shape[0]]
             start += images.shape[0]
-            keep = selected[index]
-            if keep.any():
-                yield images[keep], index[keep], torch.ones(int(keep.sum()), dtype=torch.bool)
+            yield images, index, torch.ones(images.shape[0], dtype=torch.bool)
 
     preprocessing = f"FFCV CenterCropRGBImageDecoder({size}, ratio 1) of the stored images (not ADM's crop)"
     return batches(), int(selected.sum()), total, preprocessing

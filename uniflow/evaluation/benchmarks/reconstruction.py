@@ -27,7 +27,7 @@ from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.distributed import all_ranks_agree
 from uniflow.evaluation.registry import Benchmark, register
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
-from uniflow.metrics import FIDMetric, ReconstructionMetrics, ReferenceStats
+from uniflow.metrics import FIDMetric, ReconstructionMetrics, ReferenceStats, to_uint8
 
 # Below this many samples the 2048 x 2048 covariance is rank-deficient and FID is strongly biased up.
 FID_RELIABLE_COUNT = 10_000
@@ -59,7 +59,8 @@ def accumulate(
     )
     start, done, next_report = time.perf_counter(), 0, 0.0
     for images, index, valid in batches:
-        recon = ctx.reconstruct(images, index)
+        # Quantised once, as a saved PNG would be; both metrics then take the uint8 pixels as they are.
+        recon = to_uint8(ctx.reconstruct(images, index))
         acc.reconstructions.update(recon, valid=valid, index=index)
         if acc.originals is not None:
             acc.originals.update(images, valid=valid, index=index)
@@ -178,6 +179,7 @@ def _run_embedded(ctx: EvalContext, name: str, kind: str) -> BenchmarkRun:
         description = "held-out embedded scenes (val split)"
     images = MemoryImages.render(source, f"{description}, {size} px, seed {seed}")
     batches = sharded_batches(images, ctx.rank, ctx.world_size, ctx.cfg.batch_size)
+    fingerprint = images.fingerprint()
     return score_reconstructions(
         ctx,
         name,
@@ -185,8 +187,8 @@ def _run_embedded(ctx: EvalContext, name: str, kind: str) -> BenchmarkRun:
         len(images),
         preprocessing=images.description,
         lpips=True,
-        fingerprint=images.fingerprint(),
-        data={"image_size": size, "pixels_sha256": images.fingerprint()},
+        fingerprint=fingerprint,
+        data={"image_size": size, "pixels_sha256": fingerprint},
     )
 
 
