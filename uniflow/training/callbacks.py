@@ -10,9 +10,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchvision.utils import make_grid
 
 from uniflow.tokenizer import UniFlowTokenizer
+from uniflow.training.summary import reconstruction_grid
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -93,17 +93,9 @@ class ReconstructionGrid(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images = _fixed_images(trainer.datamodule, self.num_images)
 
-    @torch.no_grad()
     def grid(self, tokenizer: UniFlowTokenizer, device: torch.device) -> torch.Tensor:
         assert self.images is not None
-        images = self.images.to(device)
-        rows = [images] + [
-            tokenizer.reconstruct(
-                images, steps, generator=torch.Generator(device=device).manual_seed(self.seed)
-            )
-            for steps in self.sample_steps
-        ]
-        return make_grid(torch.cat(rows).float().cpu(), nrow=images.shape[0], padding=1)
+        return reconstruction_grid(tokenizer, self.images.to(device), self.sample_steps, self.seed)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images is None:

@@ -53,14 +53,23 @@ def reconstruction_metrics(
 
 
 @torch.no_grad()
+def reconstruction_grid(
+    tokenizer: UniFlowTokenizer, images: torch.Tensor, sample_steps: list[int], seed: int = 0
+) -> torch.Tensor:
+    """The originals in the first row, then one row of reconstructions per entry of ``sample_steps``
+    (each from the same noise seed); a float 3 x H x W image on the CPU."""
+    rows = [images] + [
+        tokenizer.reconstruct(images, steps, generator=torch.Generator(images.device).manual_seed(seed))
+        for steps in sample_steps
+    ]
+    return make_grid(torch.cat(rows).float().cpu(), nrow=images.shape[0], padding=2, pad_value=1.0)
+
+
 def write_grid(
     tokenizer: UniFlowTokenizer, images: torch.Tensor, sample_steps: list[int], path: Path, seed: int = 0
 ) -> None:
-    """PNG with the originals in the first row and one row of reconstructions per entry of ``sample_steps``."""
-    rows = [images]
-    for steps in sample_steps:
-        rows.append(tokenizer.reconstruct(images, steps, generator=torch.Generator().manual_seed(seed)))
-    grid = make_grid(torch.cat(rows), nrow=images.shape[0], padding=2, pad_value=1.0)
+    """:func:`reconstruction_grid` as a PNG."""
+    grid = reconstruction_grid(tokenizer, images, sample_steps, seed)
     Image.fromarray(grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(path)
 
 
