@@ -52,9 +52,9 @@ def heldout_scenes(num: int, size: int = 64, seed: int = 0, annotations: bool = 
     return EmbeddedScenes("val", num, size, seed, annotations)
 
 
-def probe_train_scenes(num: int, size: int = 64, seed: int = 0) -> EmbeddedScenes:
+def probe_train_scenes(num: int, size: int = 64, seed: int = 0, annotations: bool = True) -> EmbeddedScenes:
     """Training-split scenes to fit probes on (linear probe, dense heads) before testing held-out."""
-    return EmbeddedScenes("train", num, size, seed, annotations=True)
+    return EmbeddedScenes("train", num, size, seed, annotations)
 
 
 def heldout_photo_crops(num: int, size: int = 64, seed: int = 0) -> PhotoCrops:

@@ -134,7 +134,7 @@ def evaluate_tokenizer(
     def teacher_features(images: torch.Tensor) -> EncoderFeatures:
         return teacher(teacher.normalize(tokenizer.pad(images)))
 
-    train_scenes = probe_train_scenes(s.probe_train, size, seed)
+    train_scenes = probe_train_scenes(s.probe_train, size, seed, annotations=False)  # labels are enough
     test_scenes = heldout_scenes(s.probe_test, size, seed, annotations=False)
     probe: dict[str, Any] = {
         "data": f"fit on {s.probe_train} training scenes, scored on {s.probe_test} held-out"
