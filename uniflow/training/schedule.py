@@ -1,9 +1,12 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay (or constant) to a floor."""
+"""Optimiser and learning-rate schedule: AdamW, linear warm-up, then cosine decay (or constant) to a floor."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
 
 
 def warmup_cosine(
@@ -29,3 +32,38 @@ def warmup_cosine(
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def weight_decay_groups(
+    params: Sequence[torch.nn.Parameter], weight_decay: float, lr: float, name: str
+) -> list[dict[str, Any]]:
+    """AdamW groups at ``lr``: matrices decay, gains, biases and other vectors do not (empty groups dropped).
+
+    ``name`` and ``<name>_no_decay`` name the groups in the learning-rate logs.
+    """
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": weight_decay, "name": name},
+        {
+            "params": [p for p in params if p.ndim <= 1],
+            "lr": lr,
+            "weight_decay": 0.0,
+            "name": f"{name}_no_decay",
+        },
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def adamw_warmup_cosine(
+    groups: list[dict[str, Any]],
+    betas: Sequence[float],
+    max_steps: int,
+    warmup_steps: int,
+    schedule: str = "cosine",
+    min_ratio: float = 0.0,
+) -> dict[str, Any]:
+    """AdamW over ``groups`` with :func:`warmup_cosine` stepped every optimizer step, as Lightning's
+    ``configure_optimizers`` returns it."""
+    optimizer = torch.optim.AdamW(groups, betas=tuple(betas))
+    factor = warmup_cosine(max_steps, warmup_steps, schedule, min_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -27,7 +27,7 @@ from uniflow.encoders.timm_encoder import create_timm_vit, timm_normalization
 from uniflow.io import atomic_write
 from uniflow.nn.embeddings import sincos_2d_position_embedding
 from uniflow.training.finite import check_finite
-from uniflow.training.schedule import warmup_cosine
+from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 
 HEAD_WEIGHT = "head.weight"
 
@@ -93,14 +93,8 @@ class TeacherModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.teacher_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": t.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
-        factor = warmup_cosine(t.max_steps, t.warmup_steps, "cosine", t.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = weight_decay_groups(params, t.weight_decay, t.lr, "model")
+        return adamw_warmup_cosine(groups, t.betas, t.max_steps, t.warmup_steps, "cosine", t.min_lr_ratio)
 
     def save_teacher(self, path: str | Path) -> None:
         """Write the classifier's timm state dict (head included) as safetensors, atomically."""

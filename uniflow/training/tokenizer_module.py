@@ -23,7 +23,7 @@ from uniflow.tokenizer import UniFlowTokenizer
 from uniflow.tokenizer.model import TRAINING_ONLY_PREFIXES
 from uniflow.training.ema import copy_weights, ema_decay_at, ema_update
 from uniflow.training.finite import check_finite
-from uniflow.training.schedule import warmup_cosine
+from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -106,23 +106,12 @@ class TokenizerModule(L.LightningModule):
             for name, p in self.tokenizer.named_parameters()
             if p.requires_grad and id(p) not in ids and not name.startswith("teacher.")
         ]
-
-        def groups(params: list[torch.nn.Parameter], lr: float, name: str) -> list[dict[str, Any]]:
-            # No weight decay on gains, biases and other vectors.
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
-            return [
-                {"params": decay, "lr": lr, "weight_decay": o.weight_decay, "name": name},
-                {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
-            ]
-
-        param_groups = [
-            g for g in groups(encoder, o.encoder_lr, "encoder") + groups(rest, o.lr, "decoder") if g["params"]
-        ]
-        optimizer = torch.optim.AdamW(param_groups, betas=tuple(o.betas))
-        factor = warmup_cosine(self.cfg.trainer.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = weight_decay_groups(encoder, o.weight_decay, o.encoder_lr, "encoder") + weight_decay_groups(
+            rest, o.weight_decay, o.lr, "decoder"
+        )
+        return adamw_warmup_cosine(
+            groups, o.betas, self.cfg.trainer.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio
+        )
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
