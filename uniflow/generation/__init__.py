@@ -1,0 +1,15 @@
+"""Generators on the tokenizer's latents: a flow transformer, an autoregressive model, latent statistics."""
+
+from uniflow.generation.ar import ARFLOW_SIZES, ARFlow, generation_masks, unmasking_schedule
+from uniflow.generation.dit import FLOWDIT_SIZES, FlowDiT
+from uniflow.generation.latent_stats import LatentNormalizer
+
+__all__ = [
+    "ARFLOW_SIZES",
+    "FLOWDIT_SIZES",
+    "ARFlow",
+    "FlowDiT",
+    "LatentNormalizer",
+    "generation_masks",
+    "unmasking_schedule",
+]

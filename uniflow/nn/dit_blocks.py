@@ -1,0 +1,147 @@
+"""Transformer blocks of the latent generators: RMSNorm, SwiGLU, attention with QK-norm / 2-D RoPE / KV cache.
+
+The choices follow LightningDiT (Yao et al. 2025): RMSNorm (Zhang & Sennrich 2019) instead of
+LayerNorm, a SwiGLU MLP (Shazeer 2020) whose hidden width is 2/3 of the usual ``mlp_ratio * width``
+so that its three matrices cost what the two of a GELU MLP cost, optional RMS normalisation of
+queries and keys per head (QK-norm, Dehghani et al. 2023) against attention-logit growth, and
+rotary positions. :class:`AdaLNZeroBlock` is DiT's conditioning (Peebles & Xie 2023); its
+modulation starts at zero, so each block starts as the identity. :class:`PreNormBlock` is the
+unconditioned block of the autoregressive model, with a causal mode and a KV cache for sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uniflow.nn.rope import apply_rope
+
+
+def swiglu_hidden(width: int, mlp_ratio: float) -> int:
+    """Hidden width of a SwiGLU MLP with the parameter count of a ``mlp_ratio`` GELU MLP: 2/3 of it."""
+    return int(2 * mlp_ratio * width / 3)
+
+
+class SwiGLU(nn.Module):
+    """``W_2 (SiLU(W_g x) * W_u x)``; the gate and up projections are one matmul."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(width, 2 * hidden)
+        self.down = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+@dataclass
+class LayerKVCache:
+    """Keys and values (``B x heads x S x head_dim``) of the tokens one attention layer has seen so far."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (fused kernels where available)."""
+
+    def __init__(self, width: int, heads: int, qk_norm: bool = False):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        """``x``: B x L x width. ``rope``: a 2-D RoPE table for these L tokens. ``cache``: earlier keys/values
+        to attend to, extended in place with this call's; with ``causal``, token i attends to every
+        cached token and to tokens <= i of this call."""
+        b, n, width = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            if cache.k is not None:
+                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            cache.k, cache.v = k, v
+        mask = None
+        if causal and past and n > 1:
+            # SDPA's is_causal aligns the triangle top-left; with a cache the new queries sit at the end.
+            mask = torch.arange(n, device=x.device)[:, None] + past >= torch.arange(past + n, device=x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and not past)
+        return self.proj(out.transpose(1, 2).reshape(b, n, width))
+
+
+def _xavier_linears(module: nn.Module) -> None:
+    # DiT / MAE initialisation of the transformer matmuls; the zero-initialised layers are set after.
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class AdaLNZeroBlock(nn.Module):
+    """DiT block with adaLN-zero: shift, scale and gate of both branches regressed from the condition.
+
+    The condition is ``B x width`` (one per sample: time + class) or ``B x N x width`` (one per
+    token: the wide head of DiT^DH, conditioned on the trunk's output at that token).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.attn = Attention(width, heads, qk_norm)
+        self.norm2 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.mlp = SwiGLU(width, swiglu_hidden(width, mlp_ratio))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        _xavier_linears(self)
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        mod = self.ada(cond)
+        if mod.dim() == 2:
+            mod = mod[:, None]
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=-1)
+        # addcmul: one pass over the activations for each modulation and gated residual (memory-bound on CPU).
+        x = torch.addcmul(x, gate_a, self.attn(torch.addcmul(shift_a, self.norm1(x), 1 + scale_a), rope))
+        return torch.addcmul(x, gate_m, self.mlp(torch.addcmul(shift_m, self.norm2(x), 1 + scale_m)))
+
+
+class PreNormBlock(nn.Module):
+    """``x + Attn(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``: bidirectional, or causal with an optional KV cache."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads, qk_norm)
+        self.norm2 = nn.RMSNorm(width, eps=1e-6)
+        self.mlp = SwiGLU(width, swiglu_hidden(width, mlp_ratio))
+        _xavier_linears(self)
+
+    def forward(
+        self, x: torch.Tensor, causal: bool = False, cache: LayerKVCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), causal=causal, cache=cache)
+        return x + self.mlp(self.norm2(x))
