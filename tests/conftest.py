@@ -11,11 +11,88 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tokenizer" / "tiny.yaml"
+# CI sets it (`.ci/run`): a test whose optional dependency is missing (FFCV, the FID Inception
+# weights) then fails instead of skipping, so a broken build cannot pass by testing less.
+REQUIRE_ALL = "UNIFLOW_REQUIRE_ALL"
+
+# The one tiny tokenizer of the test suite, as overrides of tiny.yaml: 32 px, patch 8 (a 4 x 4
+# grid), a 2-block ViT of width 32, an 8-channel latent and a decoder of width 32 (one GTB block,
+# one head block). Every test that builds, trains or saves a tokenizer starts from it and overrides
+# only what it is about.
+TINY_TOKENIZER = [
+    "tokenizer.image_size=32",
+    "tokenizer.encoder.image_size=32",
+    "tokenizer.encoder.kwargs.embed_dim=32",
+    "tokenizer.encoder.kwargs.depth=2",
+    "tokenizer.encoder.kwargs.num_heads=2",
+    "tokenizer.decoder.latent_dim=8",
+    "tokenizer.decoder.width=32",
+    "tokenizer.decoder.gtb_depth=1",
+    "tokenizer.decoder.gtb_heads=2",
+    "tokenizer.decoder.head_depth=1",
+    "tokenizer.decoder.head_width=32",
+]
+
+# A training run of that tokenizer, small enough for a few seconds on one CPU thread: 8-image
+# batches, 5 steps per epoch (so checkpoints at step 3 are mid-epoch), deterministic kernels.
+MICRO_RUN = [
+    "name=micro",
+    *TINY_TOKENIZER,
+    "data.image_size=32",
+    "data.num_train=40",
+    "data.num_val=16",
+    "data.batch_size=8",
+    "optim.warmup_steps=2",
+    "trainer.max_steps=6",
+    "trainer.val_every_n_steps=3",
+    "trainer.checkpoint_every_n_steps=3",
+    "trainer.image_every_n_steps=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.val_batches=1",
+    "trainer.num_threads=1",
+    "trainer.deterministic=true",
+    "pretrain.name=micro_encoder",
+    "pretrain.max_steps=3",
+    "pretrain.num_train=32",
+    "pretrain.batch_size=8",
+    "summary.photo_crops=8",
+    "summary.probe_train=16",
+    "summary.probe_test=16",
+    "summary.batch_size=16",
+]
+
+
+def require_or_skip(available: bool, reason: str) -> None:
+    """Skip the calling test when ``available`` is false, or fail it when ``UNIFLOW_REQUIRE_ALL=1``."""
+    if available:
+        return
+    if os.environ.get(REQUIRE_ALL) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_ALL}=1 makes this a failure, not a skip", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def requires_ffcv() -> None:
+    """Use in tests of the FFCV backend (``pytest.mark.usefixtures("requires_ffcv")``)."""
+    from uniflow.data.ffcv import ffcv_available
+
+    require_or_skip(ffcv_available(), "ffcv is not installed (built from source; see uniflow/data/ffcv.py)")
+
+
+@pytest.fixture(scope="session")
+def inception_weights():
+    """The FID Inception weights found offline (:class:`uniflow.metrics.InceptionWeights`)."""
+    from uniflow.metrics.inception import InceptionWeightsNotFound, resolve_inception_weights
+
+    try:
+        return resolve_inception_weights(allow_download=False)
+    except InceptionWeightsNotFound as err:
+        require_or_skip(False, f"no FID Inception weights here: {err}")
 
 
 @pytest.fixture
@@ -31,59 +108,10 @@ def micro_decoder() -> dict:
 
 @pytest.fixture
 def tiny_tokenizer():
+    """The tiny tokenizer (:data:`TINY_TOKENIZER`), untrained, with its teacher."""
     from uniflow import UniFlowTokenizer
 
-    # Smaller than tiny.yaml so that every test stays well under a second.
-    return UniFlowTokenizer.from_config(
-        TINY,
-        [
-            "tokenizer.encoder.kwargs.depth=3",
-            "tokenizer.encoder.kwargs.embed_dim=48",
-            "tokenizer.decoder.width=64",
-            "tokenizer.decoder.head_width=64",
-            "tokenizer.decoder.head_depth=2",
-            "tokenizer.decoder.latent_dim=8",
-        ],
-    )
-
-
-# A training run small enough for a few seconds on one CPU thread: 32 px, a 2-block ViT, 8-image
-# batches, 5 steps per epoch (so checkpoints at step 3 are mid-epoch), deterministic kernels.
-MICRO_RUN = [
-    "name=micro",
-    "tokenizer.image_size=32",
-    "tokenizer.encoder.image_size=32",
-    "tokenizer.encoder.kwargs.embed_dim=32",
-    "tokenizer.encoder.kwargs.depth=2",
-    "tokenizer.encoder.kwargs.num_heads=2",
-    "tokenizer.decoder.latent_dim=8",
-    "tokenizer.decoder.width=32",
-    "tokenizer.decoder.gtb_depth=1",
-    "tokenizer.decoder.gtb_heads=2",
-    "tokenizer.decoder.head_depth=1",
-    "tokenizer.decoder.head_width=32",
-    "data.image_size=32",
-    "data.num_train=40",
-    "data.num_val=16",
-    "data.batch_size=8",
-    "optim.warmup_steps=2",
-    "trainer.max_steps=6",
-    "trainer.val_every_n_steps=3",
-    "trainer.checkpoint_every_n_steps=3",
-    "trainer.image_every_n_steps=3",
-    "trainer.log_every_n_steps=1",
-    "trainer.val_batches=1",
-    "trainer.num_threads=1",
-    "trainer.deterministic=true",
-    "teacher.name=micro_teacher",
-    "teacher.max_steps=3",
-    "teacher.num_train=32",
-    "teacher.batch_size=8",
-    "summary.photo_crops=8",
-    "summary.probe_train=16",
-    "summary.probe_test=16",
-    "summary.batch_size=16",
-]
+    return UniFlowTokenizer.from_config(TINY, TINY_TOKENIZER)
 
 
 @pytest.fixture

@@ -1,28 +1,25 @@
-"""Cheap stand-ins for the evaluation tests: a fake FID feature extractor and a tiny saved tokenizer."""
+"""Cheap stand-ins for the evaluation tests: a fake FID feature extractor, a tiny saved tokenizer,
+and one tiny data fixture per runnable benchmark (:data:`BENCHMARK_FIXTURES`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, TINY_TOKENIZER
+from PIL import Image
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from uniflow import UniFlowTokenizer
+from uniflow.metrics import write_adm_npz
 from uniflow.metrics.inception import FEATURE_DIM, NUM_LOGITS, InceptionWeights, to_uint8
-
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "tokenizer" / "tiny.yaml"
-TINY_OVERRIDES = [
-    "tokenizer.encoder.kwargs.depth=2",
-    "tokenizer.encoder.kwargs.embed_dim=48",
-    "tokenizer.decoder.width=64",
-    "tokenizer.decoder.gtb_depth=1",
-    "tokenizer.decoder.head_width=64",
-    "tokenizer.decoder.head_depth=2",
-    "tokenizer.decoder.latent_dim=8",
-    "tokenizer.image_size=32",
-    "tokenizer.encoder.image_size=32",
-]
 
 
 class FakeExtractor(nn.Module):
@@ -54,5 +51,56 @@ class FakeExtractor(nn.Module):
 def save_tiny_tokenizer(directory: Path) -> Path:
     """A randomly initialised tiny tokenizer (32 px, patch 8) written as a run's ``tokenizer/``."""
     torch.manual_seed(0)
-    UniFlowTokenizer.from_config(TINY, TINY_OVERRIDES).save_pretrained(directory)
+    UniFlowTokenizer.from_config(TINY, TINY_TOKENIZER).save_pretrained(directory)
     return directory
+
+
+@contextlib.contextmanager
+def quick_metrics(cache: Path) -> Iterator[None]:
+    """A private reference cache, and one BLAS thread: each FID runs two 2048 x 2048 eigendecompositions,
+    which take ~4x longer when OpenBLAS threads compete for a busy shared CPU."""
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(1):
+        patch.setenv("UNIFLOW_CACHE", str(cache))
+        yield
+
+
+def photo_folder(root: Path, count: int) -> Path:
+    """``count`` random PNGs of different non-square sizes (the ADM centre crop has work to do)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (90 + 7 * i, 70, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def random_images(seed: int, count: int, size: int = 32) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, 256, (count, 3, size, size), dtype=np.uint8))
+
+
+def _embedded(name: str) -> Callable[[Path], dict[str, Any]]:
+    return lambda root: {"num_samples": {name: 4}}
+
+
+def _folder(name: str) -> Callable[[Path], dict[str, Any]]:
+    return lambda root: {"data": {name: str(photo_folder(root / name, 5))}, "image_size": 32}
+
+
+def _generation(root: Path) -> dict[str, Any]:
+    root.mkdir(parents=True)
+    samples = write_adm_npz(root / "samples.npz", random_images(1, 6))
+    # A bare ADM sample file as the reference: the suite turns it into statistics with its extractor.
+    reference = write_adm_npz(root / "reference.npz", random_images(2, 6))
+    return {"data": {"imagenet_gen": str(samples)}, "fid_reference": {"imagenet_gen": str(reference)}}
+
+
+# The EvalConfig settings that run each runnable benchmark on a few samples made under a directory.
+# tests/test_benchmark_contract.py runs every runnable entry on its fixture and fails for one without:
+# a stage that makes a benchmark runnable adds its fixture here.
+BENCHMARK_FIXTURES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "embedded_photos": _embedded("embedded_photos"),
+    "embedded_scenes": _embedded("embedded_scenes"),
+    "imagenet_recon": _folder("imagenet_recon"),
+    "coco_recon": _folder("coco_recon"),
+    "imagenet_gen": _generation,
+}

@@ -2,14 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from uniflow.config import (
-    ConfigError,
-    RunConfig,
-    TokenizerConfig,
-    load_config,
-    load_tokenizer_config,
-    to_yaml,
-)
+from uniflow.config import ConfigError, load_config, to_yaml
+from uniflow.stages import RunConfig
+from uniflow.tokenizer.config import TokenizerConfig, load_tokenizer_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "tokenizer"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from uniflow.config import DataConfig
+from uniflow.data.config import DataConfig
 from uniflow.data.datamodule import EvalShardSampler, UniFlowDataModule, heldout_photo_crops, heldout_scenes
 from uniflow.data.embedded import (
     NO_LABEL,

@@ -9,12 +9,10 @@ import torch
 from test_data_folder import corrupt, make_tree
 
 from uniflow.data.cli import main as data_cli
-from uniflow.data.ffcv import FFCVLoader, eval_indices, ffcv_available, write_ffcv
+from uniflow.data.ffcv import FFCVLoader, eval_indices, write_ffcv
 from uniflow.data.folder import ImageFolderDataset, draft_side_for, eval_transform
 
-pytestmark = pytest.mark.skipif(
-    not ffcv_available(), reason="ffcv is not installed (built from source; see uniflow/data/ffcv.py)"
-)
+pytestmark = pytest.mark.usefixtures("requires_ffcv")  # skips, or fails under UNIFLOW_REQUIRE_ALL=1
 
 SIZE = 32
 
@@ -127,6 +125,26 @@ def test_cli_writes_and_reports_errors_with_the_path(tmp_path, capsys):
         data_cli(
             ["write-ffcv", str(tmp_path / "missing"), str(out), "--max-side", "64", "--jpeg-quality", "90"]
         )
-        == 1
+        == 2  # a missing input is a usage error, found before any work
     )
     assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crop", ["resize_random_crop", "random_resized_crop"])
+def test_ffcv_training_crops(tmp_path, crop):
+    from test_data_folder import stripes, vertical_extent
+
+    for i in range(4):
+        stripes(tmp_path / "tree" / f"{i}.png")
+    path = write_ffcv(
+        tmp_path / "tree", tmp_path / "s.beton", max_side=64, jpeg_quality=95, num_workers=1
+    ).path
+    loader = FFCVLoader(path, image_size=16, batch_size=4, train=True, num_workers=1, crop_scale=(0.1, 0.2),
+                        train_crop=crop)  # fmt: skip
+    images = next(iter(loader))["image"]
+    assert images.shape == (4, 3, 16, 16)
+    extents = [vertical_extent(image) for image in images]
+    if crop == "resize_random_crop":
+        assert min(extents) > 0.9  # the whole short side
+    else:
+        assert max(extents) < 0.8  # a fifth of the area at most

@@ -55,7 +55,14 @@ def test_transforms_give_float_images_of_the_requested_size(tmp_path):
         item = data[1]
         assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
         assert item["image"].min() >= 0 and item["image"].max() <= 1 and item["label"] == 0
-    assert torch.equal(evaluation[0]["image"], evaluation[0]["image"])  # evaluation is deterministic
+    # Evaluation is the centre square, resized once: the same pixels as doing it by hand.
+    with Image.open(evaluation.samples[0][0]) as img:
+        w, h = img.size
+        side = min(w, h)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        by_hand = np.asarray(img.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR, box=box))
+    expected = torch.from_numpy(by_hand).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(evaluation[0]["image"], expected, atol=1e-6, rtol=0)
 
 
 def test_corrupt_files_are_skipped_and_counted_across_workers(tmp_path, caplog):
@@ -114,3 +121,42 @@ def test_datamodule_folder_training_and_exactly_once_validation(tmp_path):
     for world in (2, 3):
         got = fingerprints(world)
         assert len(got) == 9 and sorted(got) == pytest.approx(sorted(reference))
+
+
+def stripes(path: Path, height: int = 32, width: int = 64) -> Path:
+    """Red encodes the row (0 at the top, 1 at the bottom): a crop's red range is its vertical extent."""
+    rows = np.linspace(0, 255, height, dtype=np.float64).round().astype(np.uint8)
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[..., 0] = rows[:, None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def vertical_extent(image: torch.Tensor) -> float:
+    """Red at the bottom row minus red at the top row of a C x H x W image."""
+    return float(image[0, -1].mean() - image[0, 0].mean())
+
+
+def test_resize_random_crop_keeps_the_whole_short_side_and_random_resized_crop_zooms(tmp_path):
+    with Image.open(stripes(tmp_path / "s.png")) as img:
+        img = img.convert("RGB")
+        whole = train_transform(16, (0.1, 0.2), "resize_random_crop")
+        zoom = train_transform(16, (0.1, 0.2), "random_resized_crop")
+        for _ in range(10):
+            view = whole(img)
+            assert view.shape == (3, 16, 16)
+            assert vertical_extent(view) > 0.9  # top row to bottom row: no zoom, no aspect change
+            assert vertical_extent(zoom(img)) < 0.8  # at most a fifth of the area: never the full height
+    with pytest.raises(ValueError, match="resize_random_crop"):
+        train_transform(16, (0.1, 0.2), "centre")
+
+
+def test_the_datamodule_uses_the_configured_training_crop(tmp_path):
+    for i in range(2):
+        stripes(tmp_path / "tree" / f"{i}.png")
+    data = UniFlowDataModule("folder", str(tmp_path / "tree"), str(tmp_path / "tree"), image_size=16,
+                             batch_size=2, num_workers=0, crop_scale=(0.1, 0.2), train_crop="resize_random_crop")  # fmt: skip
+    batch = next(iter(data.make_train_loader()))["image"]
+    assert all(vertical_extent(image) > 0.9 for image in batch)
+    assert data.train_set.draft_side == 16  # the crop spans the short side: decode no larger than needed

@@ -1,6 +1,6 @@
 import torch
 
-from uniflow.config import DecoderConfig, FlowConfig
+from uniflow.tokenizer.config import DecoderConfig, FlowConfig
 from uniflow.tokenizer.decoder import PatchFlowHead, PixelFlowDecoder, patchify, unpatchify
 from uniflow.tokenizer.latent import LatentProjection
 
@@ -78,3 +78,46 @@ def test_position_embedding_interpolates_to_other_grids():
     dec = PixelFlowDecoder(cfg, FlowConfig(), patch_size=2, grid=(4, 4))
     cond, grid = dec.conditions(torch.randn(1, 4, 5, 3))
     assert grid == (5, 3) and cond.shape == (1, 15, 32)
+
+
+def _perturbed_decoder(**layout) -> PixelFlowDecoder:
+    cfg = DecoderConfig(
+        latent_dim=4, width=32, gtb_depth=1, gtb_heads=2, head_depth=2, head_width=16, **layout
+    )
+    dec = PixelFlowDecoder(cfg, FlowConfig(), patch_size=2, grid=(3, 3)).eval()
+    with torch.no_grad():
+        for p in dec.head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return dec
+
+
+def test_sampler_state_stays_float32_under_any_precision():
+    """A seeded decode is the same under fp32, bf16 autocast and bf16 weights: the ODE state and its
+    updates stay float32; only the head's arithmetic is rounded."""
+    dec = _perturbed_decoder()
+    z, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 9, 12)
+    reference = dec.sample(z, steps=4, noise=noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dec.conditions(z)[0].dtype == torch.bfloat16  # what the state used to follow
+        mixed = dec.sample(z, steps=4, noise=noise)
+    pure_bf16 = dec.to(torch.bfloat16).sample(z.bfloat16(), steps=4, noise=noise)
+    assert reference.dtype == mixed.dtype == pure_bf16.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, atol=0.05, rtol=0)
+    torch.testing.assert_close(pure_bf16, reference, atol=0.1, rtol=0)
+
+
+def test_decoder_layouts_released_and_plain():
+    """Released layout: a second position embedding on the GTB output and no final LayerNorm."""
+    released = _perturbed_decoder()
+    assert released.gtb.output_pos_embed is not None and isinstance(released.gtb.norm, torch.nn.Identity)
+    plain = _perturbed_decoder(post_gtb_pos_embed=False, gtb_final_norm=True)
+    assert plain.gtb.output_pos_embed is None and isinstance(plain.gtb.norm, torch.nn.LayerNorm)
+    z = torch.randn(1, 4, 3, 3)
+    # The second embedding is added after the blocks: changing it moves the conditions by exactly that.
+    before = released.conditions(z)[0]
+    with torch.no_grad():
+        released.gtb.output_pos_embed.add_(1.0)
+    torch.testing.assert_close(released.conditions(z)[0], before + 1.0)
+    # Without the final norm the conditions are not normalised per token; with it they are.
+    plain_cond = plain.conditions(z)[0]
+    torch.testing.assert_close(plain_cond.mean(-1), torch.zeros(1, 9), atol=1e-5, rtol=0)

@@ -33,9 +33,21 @@ def test_weight_normalizations_match_hand_computation(normalization, reference):
     assert got.tolist() == pytest.approx(reference(ALPHAS, 2.0), rel=1e-12)
 
 
-def test_hand_values_are_distinct_so_the_test_discriminates():
-    assert hand_paper(ALPHAS, 2.0) != pytest.approx(hand_figure(ALPHAS, 2.0))
-    assert hand_paper(ALPHAS, 2.0) != pytest.approx(hand_softmax_product(ALPHAS, 2.0))
+def test_each_normalization_is_none_of_the_other_two():
+    """The library's outputs, not only the hand formulas, must tell the three apart on these alphas."""
+    hands = {"paper": hand_paper, "figure": hand_figure, "softmax_product": hand_softmax_product}
+    for name in hands:
+        got = adaptive_layer_weights(torch.tensor(ALPHAS, dtype=torch.float64), 2.0, name).tolist()
+        for other, hand in hands.items():
+            if other != name:
+                assert got != pytest.approx(hand(ALPHAS, 2.0), rel=1e-6), (name, other)
+
+
+def test_figure_weights_sum_to_less_than_one():
+    """w^base * softmax: at alpha = 0 the sum is (L + 1) / 2L, so it scales lambda_d (logged as weight/sum)."""
+    for depth in (1, 4, 24):
+        w = adaptive_layer_weights(torch.zeros(depth, dtype=torch.float64), 2.0, "figure")
+        assert w.sum().item() == pytest.approx((depth + 1) / (2 * depth), rel=1e-12)
 
 
 def test_beta_zero_gives_normalised_hierarchical_prior():

@@ -1,13 +1,14 @@
 """Every backend: build a small random model, save it, load it back through the backend's real loading path."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from uniflow.config import EncoderConfig
 from uniflow.encoders import build_encoder
+from uniflow.tokenizer.config import EncoderConfig
 
 TIMM_KWARGS = {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
 
@@ -217,12 +218,9 @@ class TinyRemoteViTModel(PreTrainedModel):
 '''
 
 
-def test_hf_remote_code_model_like_internvit(tmp_path):
-    """The InternViT path: a local directory with its own modelling code, loaded with trust_remote_code."""
-    import json
-
-    from safetensors.torch import save_file as save
-
+def _remote_repo(tmp_path: Path) -> Path:
+    """A local transformers directory with its own modelling code (its layers keep torch's default
+    dropout 0.1, in nn.Dropout modules and inside nn.MultiheadAttention)."""
     repo = tmp_path / "remote"
     repo.mkdir()
     (repo / "configuration_tiny.py").write_text(REMOTE_CONFIG)
@@ -232,6 +230,14 @@ def test_hf_remote_code_model_like_internvit(tmp_path):
               "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteViTConfig",
                            "AutoModel": "modeling_tiny.TinyRemoteViTModel"}}  # fmt: skip
     (repo / "config.json").write_text(json.dumps(config))
+    return repo
+
+
+def test_hf_remote_code_model_like_internvit(tmp_path):
+    """The InternViT path: a local directory with its own modelling code, loaded with trust_remote_code."""
+    from safetensors.torch import save_file as save
+
+    repo = _remote_repo(tmp_path)
     cfg = EncoderConfig(backend="hf", name=str(repo), trust_remote_code=True, image_size=32)
     built = build_encoder(cfg).eval()  # architecture only: random weights from the remote code
     save({k: v.contiguous() for k, v in built.model.state_dict().items()}, str(repo / "model.safetensors"))
@@ -264,3 +270,47 @@ def test_every_encoder_parameter_receives_gradient(backend, tmp_path):
     sum(layer.sum() for layer in feats.layers).backward()
     unused = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not unused, unused
+
+
+# ------------------------------------------------------------------------- no stochastic layers
+def _stochastic_encoder_config(kind: str, tmp_path) -> EncoderConfig:
+    """A small encoder of each backend whose own config asks for drop path, dropout or patch dropout."""
+    if kind == "timm":
+        rates = {"drop_path_rate": 0.1, "proj_drop_rate": 0.1, "attn_drop_rate": 0.1, "pos_drop_rate": 0.1,
+                 "patch_drop_rate": 0.25}  # fmt: skip
+        return EncoderConfig(image_size=32, kwargs={**TIMM_KWARGS, **rates})
+    if kind == "hf_remote":
+        return EncoderConfig(backend="hf", name=str(_remote_repo(tmp_path)), trust_remote_code=True, image_size=32,
+                             mean=[0.5] * 3, std=[0.5] * 3)  # fmt: skip
+    if kind == "open_clip":
+        import open_clip
+
+        config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                                  "head_width": 16, "patch_dropout": 0.5},
+                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}  # fmt: skip
+        (tmp_path / "uniflow-dropout-clip.json").write_text(json.dumps(config))
+        open_clip.add_model_config(tmp_path)
+        return EncoderConfig(backend="open_clip", name="uniflow-dropout-clip", image_size=32)
+    from transformers import Dinov2Config, Dinov2Model
+
+    # InternViT-300M-448px's hub config sets drop_path_rate 0.1; DINOv2's reads the same key.
+    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": 32, "patch_size": 8, "drop_path_rate": 0.1, "hidden_dropout_prob": 0.1,
+              "attention_probs_dropout_prob": 0.1}  # fmt: skip
+    Dinov2Model(Dinov2Config(**common)).save_pretrained(tmp_path / "dinov2")
+    return EncoderConfig(
+        backend="hf", name=str(tmp_path / "dinov2"), image_size=32, mean=[0.5] * 3, std=[0.5] * 3
+    )
+
+
+@pytest.mark.parametrize("kind", ["timm", "open_clip", "hf", "hf_remote"])
+def test_a_train_mode_encoder_computes_its_eval_mode_function(kind, tmp_path):
+    """Drop path, dropout and patch dropout asked for by the encoder's config are off: the student
+    (train mode) and its frozen teacher (eval mode) must agree exactly before any update."""
+    enc = build_encoder(_stochastic_encoder_config(kind, tmp_path))
+    x = torch.rand(4, 3, 32, 32)
+    trained = enc.train()(x).layers
+    reference = enc.eval()(x).layers
+    assert len(trained) == enc.depth
+    for a, b in zip(trained, reference, strict=True):
+        assert torch.equal(a, b)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,12 +10,12 @@ import pytest
 from evaluation_fakes import TINY, save_tiny_tokenizer
 from threadpoolctl import threadpool_limits
 
-from uniflow.config import ConfigError, EvalConfig
-from uniflow.evaluation import all_benchmarks, enabled_benchmarks, register, registry, run_suite
+from uniflow.config import ConfigError, load_config
+from uniflow.evaluation import all_benchmarks, enabled_benchmarks
 from uniflow.evaluation.cli import _resolve, eval_main
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.registry import FAMILIES
-from uniflow.evaluation.results import BenchmarkRun, MetricValue
-from uniflow.metrics.inception import WEIGHTS_ENV, InceptionWeightsNotFound, resolve_inception_weights
+from uniflow.metrics.inception import WEIGHTS_ENV
 
 
 def test_registry_holds_the_papers_13_benchmarks_with_families_and_references():
@@ -36,27 +35,6 @@ def test_registry_holds_the_papers_13_benchmarks_with_families_and_references():
     assert runnable == {"embedded_photos", "embedded_scenes", "imagenet_recon", "coco_recon", "imagenet_gen"}
 
 
-def test_a_probe_plugs_in_by_registering_an_entry(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
-    pending = registry.get("imagenet_linear")
-    probe = dataclasses.replace(
-        pending, pending=None, run=lambda ctx: BenchmarkRun({"top-1": MetricValue(0.5)}, {"samples": 3})
-    )
-    register(probe)
-    register(pending)  # import order does not matter: the runnable entry stays
-    assert registry.get("imagenet_linear") is probe
-    tokenizer_dir = save_tiny_tokenizer(tmp_path / "tokenizer")
-    cfg = EvalConfig(benchmarks=["imagenet_linear"], device="cpu")
-    result = run_suite(cfg, tokenizer_dir, tmp_path / "eval", run_name="t").get("imagenet_linear")
-    assert result.status == "ok" and result.metrics["top-1"].value == 0.5
-    assert (
-        result.metrics["top-1"].provenance["samples"] == 3
-        and "tokenizer_sha256" in result.metrics["top-1"].provenance
-    )
-    with pytest.raises(ValueError, match="already registered"):
-        register(probe)
-
-
 def test_config_mistakes_are_config_errors_naming_the_key_or_the_valid_names(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown benchmark 'nope'.*'embedded_photos'.*'imagenet_recon'"):
         enabled_benchmarks(EvalConfig(benchmarks=["embedded_photos", "nope"]))
@@ -64,18 +42,46 @@ def test_config_mistakes_are_config_errors_naming_the_key_or_the_valid_names(tmp
         enabled_benchmarks(EvalConfig(num_samples={"imagenet": 10}))
     with pytest.raises(ConfigError, match=r"pope in eval.benchmarks cannot run yet: needs the MLLM probe"):
         enabled_benchmarks(EvalConfig(benchmarks=["pope"]))
-    with pytest.raises(ConfigError, match=r"imagenet_recon needs eval.imagenet_val"):
+    with pytest.raises(ConfigError, match=r"imagenet_recon needs eval.data.imagenet_recon: an image folder"):
         enabled_benchmarks(EvalConfig(benchmarks=["imagenet_recon"]))
-    with pytest.raises(ConfigError, match=f"eval.coco_val not found: {tmp_path / 'coco'}"):
-        enabled_benchmarks(EvalConfig(benchmarks=["coco_recon"], coco_val=str(tmp_path / "coco")))
+    with pytest.raises(ConfigError, match=f"eval.data.coco_recon not found: {tmp_path / 'coco'}"):
+        enabled_benchmarks(EvalConfig(benchmarks=["coco_recon"], data={"coco_recon": str(tmp_path / "coco")}))
+    with pytest.raises(ConfigError, match=f"eval.fid_reference.coco_recon not found: {tmp_path / 'ref.npz'}"):
+        enabled_benchmarks(
+            EvalConfig(
+                benchmarks=["coco_recon"],
+                data={"coco_recon": str(tmp_path)},
+                fid_reference={"coco_recon": str(tmp_path / "ref.npz")},
+            )
+        )
     with pytest.raises(ConfigError, match=r"eval.num_samples.embedded_scenes must be set"):
         enabled_benchmarks(EvalConfig(num_samples={"embedded_photos": 4}))
+
+
+def test_data_paths_are_keyed_by_registered_benchmarks_that_read_them(tmp_path):
+    cfg = load_config(None, [f"eval.data.imagenet_recon={tmp_path}", "eval.benchmarks=[imagenet_recon]"])
+    assert cfg.eval.data == {"imagenet_recon": str(tmp_path)}
+    assert enabled_benchmarks(cfg.eval)[0].name == "imagenet_recon"
+    # A misspelt name fails before any work, listing the valid ones (pending benchmarks included).
+    with pytest.raises(
+        ConfigError, match=r"eval.data has unknown benchmarks \['imagenet'\]; valid names: .*'ade20k_seg'"
+    ):
+        enabled_benchmarks(EvalConfig(data={"imagenet": str(tmp_path)}))
+    with pytest.raises(ConfigError, match=r"eval.fid_reference has unknown benchmarks \['coco'\]"):
+        enabled_benchmarks(EvalConfig(fid_reference={"coco": str(tmp_path)}))
+    # A path for a benchmark that reads none would be silently ignored: refused, naming those that read one.
+    with pytest.raises(
+        ConfigError, match=r"eval.data sets \['embedded_photos'\], which take none; .*'coco_recon'"
+    ):
+        enabled_benchmarks(EvalConfig(data={"embedded_photos": str(tmp_path)}))
 
 
 def test_command_reports_config_errors_before_looking_for_a_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert eval_main(["eval.benchmarks=[embedded_photos,nope]"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+    assert eval_main(["eval.data.imagenet_val=/data/imagenet/val"]) == 2
+    assert "eval.data has unknown benchmarks ['imagenet_val']; valid names: [" in capsys.readouterr().err
 
 
 def test_without_a_run_the_error_names_the_path_tried(tmp_path, monkeypatch, capsys):
@@ -99,15 +105,12 @@ def test_without_arguments_the_newest_run_is_evaluated(tmp_path, monkeypatch):
     assert cfg.eval.benchmarks == ["embedded_photos", "embedded_scenes"]
 
 
-def test_command_end_to_end_with_the_real_inception(tmp_path, monkeypatch, capsys):
-    try:
-        weights = resolve_inception_weights(allow_download=False)
-    except InceptionWeightsNotFound as err:
-        pytest.skip(f"no FID Inception weights here: {err}")
+def test_command_end_to_end_with_the_real_inception(tmp_path, monkeypatch, capsys, inception_weights):
+    weights = inception_weights
     monkeypatch.setenv(WEIGHTS_ENV, str(weights.path))
     monkeypatch.setenv("UNIFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    save_tiny_tokenizer(tmp_path / "runs" / "tiny" / "tokenizer")
+    save_tiny_tokenizer(tmp_path / "runs" / "embedded" / "tokenizer")  # where `make train-tokenizer` exports
     overrides = [
         "eval.benchmarks=[embedded_photos]",
         "eval.num_samples.embedded_photos=4",
@@ -116,8 +119,8 @@ def test_command_end_to_end_with_the_real_inception(tmp_path, monkeypatch, capsy
     with threadpool_limits(1):  # see test_evaluation_suite.quick
         assert eval_main(overrides) == 0
     out = capsys.readouterr().out
-    assert "| rFID |" in out and "wrote runs/tiny/eval/results.json" in out
-    data = json.loads((tmp_path / "runs" / "tiny" / "eval" / "results.json").read_text())
+    assert "| rFID |" in out and "wrote runs/embedded/eval/results.json" in out
+    data = json.loads((tmp_path / "runs" / "embedded" / "eval" / "results.json").read_text())
     photos = next(b for b in data["benchmarks"] if b["name"] == "embedded_photos")
     fid = photos["metrics"]["rFID"]
     assert fid["value"] > 0 and fid["provenance"]["samples"] == 4

@@ -12,11 +12,12 @@ import torch
 from evaluation_fakes import FakeExtractor, save_tiny_tokenizer
 from threadpoolctl import threadpool_limits
 
-from uniflow.config import ConfigError, EvalConfig
+from uniflow.config import ConfigError
 from uniflow.evaluation import enabled_benchmarks, run_suite
 from uniflow.evaluation.benchmarks.generation import NpzSamples, score_samples
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.context import EvalContext
-from uniflow.metrics import FeatureStats, ReferenceStats, write_adm_npz
+from uniflow.metrics import FeatureStats, ReferenceStats, frechet_distance, write_adm_npz
 from uniflow.tokenizer.model import UniFlowTokenizer
 
 N, SIZE = 10, 32
@@ -53,6 +54,13 @@ def _reference(path: Path) -> ReferenceStats:
     return reference
 
 
+def _expected_gfid(images: torch.Tensor, reference: ReferenceStats) -> float:
+    """The number computed directly: statistics of every sample's (fake) features against the reference."""
+    stats = FeatureStats()
+    stats.update(FakeExtractor()(images))
+    return frechet_distance(stats.mean(), stats.cov(), reference.mu, reference.sigma)
+
+
 @pytest.fixture
 def ctx(tmp_path) -> EvalContext:
     directory = save_tiny_tokenizer(tmp_path / "tok")
@@ -70,7 +78,8 @@ def test_generated_samples_are_scored_and_written_in_adm_format(ctx, tmp_path):
     with threadpool_limits(1):
         run = score_samples(ctx, source, reference, write_npz=tmp_path / "samples.npz")
     # score_samples refuses any count but 40: every sample entered the statistics exactly once.
-    assert run.metrics["gFID"].value > 0 and run.metrics["gFID"].provenance["reference_stats"] == reference.id
+    assert run.metrics["gFID"].value == pytest.approx(_expected_gfid(source.images, reference), rel=1e-6)
+    assert run.metrics["gFID"].provenance["reference_stats"] == reference.id
     # 10 splits of 4 samples, as torch-fidelity computes it; 1.0 would mean identical predictions.
     assert run.metrics["IS"].reason is None and run.metrics["IS"].value > 1.0
     assert run.provenance["guidance"] == 1.5 and run.provenance["samples"] == 40
@@ -92,14 +101,23 @@ def test_sample_file_is_read_once_across_ranks(tmp_path):
 
 
 def test_generation_benchmark_scores_a_sample_file_through_the_suite(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"imagenet_gen needs eval.generation_samples"):
+    with pytest.raises(ConfigError, match=r"imagenet_gen needs eval.data.imagenet_gen \(an ADM .npz"):
         enabled_benchmarks(EvalConfig(benchmarks=["imagenet_gen"]))
     samples = write_adm_npz(tmp_path / "s.npz", _images(1))
-    _reference(tmp_path / "ref.npz")
+    with pytest.raises(ConfigError, match=r"imagenet_gen needs eval.fid_reference.imagenet_gen \(ADM's"):
+        enabled_benchmarks(EvalConfig(benchmarks=["imagenet_gen"], data={"imagenet_gen": str(samples)}))
+    with pytest.raises(ConfigError, match=r"eval.fid_reference.imagenet_gen not found: .*nope.npz"):
+        missing = {"imagenet_gen": str(tmp_path / "nope.npz")}
+        enabled_benchmarks(
+            EvalConfig(
+                benchmarks=["imagenet_gen"], data={"imagenet_gen": str(samples)}, fid_reference=missing
+            )
+        )
+    reference = _reference(tmp_path / "ref.npz")
     cfg = EvalConfig(
         benchmarks=["imagenet_gen"],
-        generation_samples=str(samples),
-        adm_reference=str(tmp_path / "ref.npz"),
+        data={"imagenet_gen": str(samples)},
+        fid_reference={"imagenet_gen": str(tmp_path / "ref.npz")},
         batch_size=4,
         device="cpu",
     )
@@ -107,7 +125,8 @@ def test_generation_benchmark_scores_a_sample_file_through_the_suite(tmp_path, m
     with threadpool_limits(1):
         suite = run_suite(cfg, directory, tmp_path / "eval", run_name="t", extractor=FakeExtractor())
     gen = suite.get("imagenet_gen")
-    assert gen.status == "ok" and gen.metrics["gFID"].value > 0
+    assert gen.status == "ok"
+    assert gen.metrics["gFID"].value == pytest.approx(_expected_gfid(_images(1), reference), rel=1e-6)
     assert gen.metrics["IS"].value is None and "no classifier" in gen.metrics["IS"].reason
     prov = gen.metrics["gFID"].provenance
     assert prov["guidance"] == prov["sampler"] == "not stated by the sample file"

@@ -16,14 +16,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from evaluation_fakes import FakeExtractor, save_tiny_tokenizer
-from PIL import Image
+from evaluation_fakes import FakeExtractor, photo_folder, quick_metrics, save_tiny_tokenizer
 from threadpoolctl import threadpool_limits
 
-from uniflow.config import ConfigError, EvalConfig
+from uniflow.config import ConfigError
 from uniflow.evaluation import SuiteResults, run_suite
 from uniflow.evaluation.benchmarks.readers import MemoryImages, sharded_batches, spread
 from uniflow.evaluation.benchmarks.reconstruction import accumulate
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.context import EvalContext
 from uniflow.metrics import build_reference_stats
 from uniflow.metrics.inception import sha256_file
@@ -34,10 +34,7 @@ SMALL = {"embedded_photos": 6, "embedded_scenes": 5}
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """A private reference cache, and one BLAS thread: each FID runs two 2048 x 2048 eigendecompositions,
-    which take ~4x longer when OpenBLAS threads compete for a busy shared CPU."""
-    with pytest.MonkeyPatch.context() as patch, threadpool_limits(1):
-        patch.setenv("UNIFLOW_CACHE", str(tmp_path_factory.mktemp("cache")))
+    with quick_metrics(tmp_path_factory.mktemp("cache")):
         yield
 
 
@@ -89,7 +86,7 @@ def test_suite_writes_results_with_provenance_beside_the_paper(default_run, toke
     assert 0 < by_name["embedded_photos"]["metrics"]["SSIM"]["value"] < 1
 
     gen = by_name["imagenet_gen"]
-    assert gen["status"] == "not run" and "eval.generation_samples" in gen["reason"]
+    assert gen["status"] == "not run" and "eval.data.imagenet_gen" in gen["reason"]
     assert by_name["pope"]["metrics"]["POPE"]["reason"].startswith("not run: needs the MLLM probe")
     assert by_name["imagenet_recon"]["metrics"]["rFID"]["value"] is None
 
@@ -176,24 +173,16 @@ def test_two_gloo_ranks_reproduce_the_single_process_numbers(default_run, tokeni
         assert photos[metric]["value"] == pytest.approx(single[metric].value, rel=1e-9), metric
 
 
-def _photo_folder(root: Path, count: int) -> Path:
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        shape = (90 + 7 * i, 70, 3)  # none square: the ADM centre crop has work to do
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return root
-
-
 def test_imagenet_folder_with_matching_reference_stats_equals_streaming_the_originals(
     quick, tokenizer_dir, tmp_path
 ):
-    folder = _photo_folder(tmp_path / "val", 5)
+    folder = photo_folder(tmp_path / "val", 5)
     reference = tmp_path / "ref.npz"
     build_reference_stats(folder, reference, extractor=FakeExtractor(), size=32)
-    common = {"benchmarks": ["imagenet_recon"], "imagenet_val": str(folder), "image_size": 32}
+    common = {"benchmarks": ["imagenet_recon"], "data": {"imagenet_recon": str(folder)}, "image_size": 32}
     streamed = run_small(tokenizer_dir, tmp_path / "a", **common).get("imagenet_recon").metrics["rFID"]
-    with_file = run_small(tokenizer_dir, tmp_path / "b", **common, imagenet_reference=str(reference))
+    by_file = {"imagenet_recon": str(reference)}
+    with_file = run_small(tokenizer_dir, tmp_path / "b", **common, fid_reference=by_file)
     from_file = with_file.get("imagenet_recon").metrics["rFID"]
     assert streamed.provenance["samples"] == 5
     assert streamed.provenance["preprocessing"] == "adm_center_crop_arr(32) from image files"
@@ -202,9 +191,7 @@ def test_imagenet_folder_with_matching_reference_stats_equals_streaming_the_orig
 
     subset = {"imagenet_recon": 3}
     with pytest.raises(ConfigError, match=r"describe 5 images .* uses 3"):
-        run_small(
-            tokenizer_dir, tmp_path / "c", **common, imagenet_reference=str(reference), num_samples=subset
-        )
+        run_small(tokenizer_dir, tmp_path / "c", **common, fid_reference=by_file, num_samples=subset)
 
 
 def test_subsets_are_spread_over_the_whole_set():
@@ -214,15 +201,13 @@ def test_subsets_are_spread_over_the_whole_set():
 
 
 @pytest.mark.slow  # FFCV's first use compiles its pipeline with numba: ~20-40 s on a busy 2-core machine
-def test_coco_from_an_ffcv_file_visits_every_sample_once(quick, tokenizer_dir, tmp_path):
-    from uniflow.data.ffcv import ffcv_available, write_ffcv
+def test_coco_from_an_ffcv_file_visits_every_sample_once(quick, tokenizer_dir, tmp_path, requires_ffcv):
+    from uniflow.data.ffcv import write_ffcv
 
-    if not ffcv_available():
-        pytest.skip("ffcv is not installed (built from source; see uniflow/data/ffcv.py)")
     beton = write_ffcv(
-        _photo_folder(tmp_path / "val", 7), tmp_path / "val.beton", max_side=64, num_workers=1
+        photo_folder(tmp_path / "val", 7), tmp_path / "val.beton", max_side=64, num_workers=1
     ).path
-    config = {"benchmarks": ["coco_recon"], "coco_val": str(beton), "image_size": 32}
+    config = {"benchmarks": ["coco_recon"], "data": {"coco_recon": str(beton)}, "image_size": 32}
     result = run_small(tokenizer_dir, tmp_path / "eval", **config, num_samples={"coco_recon": 5})
     fid = result.get("coco_recon").metrics["rFID"]
     assert (

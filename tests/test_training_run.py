@@ -9,12 +9,16 @@ import lightning as L
 import pytest
 import torch
 
-from uniflow import UniFlowTokenizer
+from uniflow import UniFlowTokenizer, stages
 from uniflow.config import load_config
 from uniflow.training import checkpoint_io
 from uniflow.training.cli import run, train_main
 from uniflow.training.finite import NonFiniteLossError
-from uniflow.training.run import train_tokenizer
+from uniflow.training.run import run_stage
+
+
+def train_tokenizer(cfg, callbacks=()):
+    return run_stage(stages.get("tokenizer"), cfg, callbacks)
 
 
 class LossRecorder(L.Callback):
@@ -47,19 +51,19 @@ def _scalars(directory):
     return set(events.Tags()["scalars"]), set(events.Tags()["images"])
 
 
-def test_micro_run_with_teacher_writes_a_complete_run_directory(micro_run, capsys):
+def test_micro_run_with_encoder_pretraining_writes_a_complete_run_directory(micro_run, capsys):
     path, overrides = micro_run
-    cfg = load_config(path, [*overrides, "teacher.enabled=true"])
+    cfg = load_config(path, [*overrides, "pretrain.enabled=true"])
     metrics = run(cfg)
     out = capsys.readouterr().out
     assert "PSNR" in out and "linear probe" in out and "teacher-head transfer" in out
 
     run_dir = Path(cfg.output_dir) / cfg.name
-    teacher = Path(cfg.output_dir) / cfg.teacher.name / "teacher.safetensors"
-    assert teacher.is_file()
+    encoder = Path(cfg.output_dir) / cfg.pretrain.name / "encoder.safetensors"
+    assert encoder.is_file()
     for name in ("config.yaml", "checkpoints/last.ckpt", "reconstructions.png", "metrics.json"):
         assert (run_dir / name).is_file(), name
-    assert load_config(run_dir / "config.yaml").tokenizer.encoder.checkpoint == str(teacher)
+    assert load_config(run_dir / "config.yaml").tokenizer.encoder.checkpoint == str(encoder)
 
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["steps"] == 6 and saved == json.loads(json.dumps(metrics))
@@ -76,17 +80,20 @@ def test_micro_run_with_teacher_writes_a_complete_run_directory(micro_run, capsy
 
     scalars, images_logged = _scalars(run_dir)
     expected = {"train/loss", "train/flow", "train/distill", "train/grad_norm", "alpha/layer01",
-                "weight/layer02", "perf/images_per_s", "val/psnr", "val/ssim"}  # fmt: skip
+                "weight/layer02", "weight/sum", "perf/images_per_s", "val/psnr", "val/ssim"}  # fmt: skip
     assert expected <= scalars, expected - scalars
     assert any(tag.startswith("lr-AdamW/encoder") for tag in scalars)
     assert any(tag.startswith("reconstruction/") for tag in images_logged)
 
-    # A second run finds the teacher and does not train it again.
+    assert saved["stage"] == "tokenizer" and set(saved["timing_s"]) >= {"pretrain", "tokenizer", "summary"}
+    assert saved["pretrain"]["steps"] == 3
+
+    # A second run finds the pretrained encoder and does not train it again.
     assert (
-        train_main([str(path), *overrides, "teacher.enabled=true", "name=again", "summary.enabled=false"])
+        train_main([str(path), *overrides, "pretrain.enabled=true", "name=again", "summary.enabled=false"])
         == 0
     )
-    assert "teacher: using" in capsys.readouterr().out
+    assert "pretrained encoder: using" in capsys.readouterr().out
 
 
 def test_resume_auto_continues_with_the_losses_of_the_uninterrupted_run(micro_run):
@@ -149,14 +156,15 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_last_ckpt(micro_r
     assert [p.name for p in ckpt_dir.iterdir()] == ["last.ckpt"]
 
 
-def test_teacher_stage_of_an_fsdp_run_trains_with_plain_data_parallelism(micro_run, tmp_path):
-    """FSDP2 is for the tokenizer; the small supervised teacher must still train under such a run."""
-    from uniflow.training.run import train_teacher
+def test_encoder_pretraining_of_an_fsdp_run_trains_with_plain_data_parallelism(micro_run):
+    """FSDP2 is for the tokenizer; the small supervised encoder pretraining must still train under such a run."""
+    from uniflow.training.pretrain import upstream_config
 
     path, overrides = micro_run
     cfg = load_config(
-        path, [*overrides, "teacher.enabled=true", "trainer.strategy=fsdp", "trainer.devices=1"]
+        path, [*overrides, "pretrain.enabled=true", "trainer.strategy=fsdp", "trainer.devices=1"]
     )
-    target = tmp_path / "teacher.safetensors"
-    train_teacher(cfg, target)
-    assert target.is_file()
+    upstream = upstream_config(cfg)
+    assert upstream.trainer.strategy == "auto" and upstream.stage == "pretrain"
+    result = run_stage(stages.get("pretrain"), upstream)
+    assert result.directory.export("encoder.safetensors").is_file()

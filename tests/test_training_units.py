@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from conftest import TINY_TOKENIZER
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from uniflow.config import load_config
@@ -89,8 +90,9 @@ def test_step_stream_of_a_plain_iterable_reads_ahead():
     ("overrides", "message"),
     [
         (["trainer.max_steps=0"], "trainer.max_steps"),
-        (["tokenizer.encoder.checkpoint=/nowhere/teacher.safetensors"], "tokenizer.encoder.checkpoint"),
-        (["teacher.enabled=true", "tokenizer.encoder.backend=hf"], "teacher.enabled"),
+        (["tokenizer.encoder.checkpoint=/nowhere/encoder.safetensors"], "tokenizer.encoder.checkpoint"),
+        (["pretrain.enabled=true", "tokenizer.encoder.backend=hf"], "pretrain.enabled"),
+        (["stage=nonsense"], "stage"),
         (["resume=/nowhere/last.ckpt"], "resume"),
         (["data.backend=folder"], "data.train_path"),
         (["trainer.strategy=fsdp", "trainer.devices=auto"], "trainer.devices"),
@@ -106,13 +108,16 @@ def test_config_errors_name_the_key_before_any_work(tiny_config_path, tmp_path, 
 
 
 def test_usage_and_config_sections_round_trip(capsys):
-    assert train_main([]) == 2 and "usage" in capsys.readouterr().out
-    cfg = load_config(None, ["teacher.enabled=true", "summary.probe_test=10", "optim.ema_warmup=false"])
-    assert cfg.teacher.enabled and cfg.summary.probe_test == 10 and not cfg.optim.ema_warmup
-    assert math.isclose(cfg.teacher.lr, 1e-3)
+    with pytest.raises(SystemExit) as exit_:
+        train_main([])
+    assert exit_.value.code == 2 and "usage" in capsys.readouterr().err
+    cfg = load_config(None, ["pretrain.enabled=true", "summary.probe_test=10", "optim.ema_warmup=false"])
+    assert cfg.pretrain.enabled and cfg.summary.probe_test == 10 and not cfg.optim.ema_warmup
+    # The pretrain stage reuses OptimConfig, with its own defaults.
+    assert math.isclose(cfg.pretrain.optim.lr, 1e-3) and cfg.pretrain.optim.ema_decay == 0
 
 
-def test_module_switches_ema_and_parameter_groups(micro_run):
+def test_module_switches_ema_and_parameter_groups(micro_run, monkeypatch):
     from uniflow.training.tokenizer_module import TokenizerModule
 
     path, overrides = micro_run
@@ -122,9 +127,11 @@ def test_module_switches_ema_and_parameter_groups(micro_run):
     live = dict(module.tokenizer.named_parameters())
     assert all(torch.equal(p, live[n]) for n, p in module.ema.named_parameters())  # the EMA starts equal
     assert not any(p.requires_grad for p in module.ema.parameters()) and module.ema.teacher is None
-    module.configure_model()  # compile is lazy: it marks the modules, nothing compiles until they run
-    for unit in (module.tokenizer.student, module.tokenizer.decoder.gtb, module.tokenizer.decoder.head):
-        assert unit._compiled_call_impl is not None
+    compiled = []  # which modules configure_model hands to torch.compile (through Module.compile)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    module.configure_model()
+    tok = module.tokenizer
+    assert [id(m) for m in compiled] == [id(tok.student), id(tok.decoder.gtb), id(tok.decoder.head)]
     optimizer = module.configure_optimizers()["optimizer"]
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["encoder"]["initial_lr"] == module.cfg.optim.encoder_lr
@@ -141,23 +148,18 @@ def test_reconstruct_with_fixed_noise_is_reproducible_with_and_without_token_mer
     from uniflow import UniFlowTokenizer
 
     tok = UniFlowTokenizer.from_config(
-        tiny_config_path,
-        ["tokenizer.encoder.kwargs.depth=1", "tokenizer.encoder.kwargs.embed_dim=24", "tokenizer.decoder.width=32",
-         "tokenizer.decoder.head_width=32", "tokenizer.decoder.head_depth=1", f"tokenizer.decoder.token_merge={merge}"],
-        for_training=False,
-    )  # fmt: skip
-    images = torch.rand(2, 3, 64, 64)
+        tiny_config_path, [*TINY_TOKENIZER, f"tokenizer.decoder.token_merge={merge}"], for_training=False
+    )
+    images = torch.rand(2, 3, 32, 32)
     a = tok.reconstruct(images, 2, generator=torch.Generator().manual_seed(0))
     b = tok.reconstruct(images, 2, generator=torch.Generator().manual_seed(0))
     assert a.shape == images.shape and torch.equal(a, b)
 
 
-def test_step_stream_resumes_an_ffcv_loader_in_the_same_order(tmp_path):
-    from uniflow.data.ffcv import FFCVLoader, ffcv_available, write_ffcv
-
-    if not ffcv_available():
-        pytest.skip("ffcv is not installed")
+def test_step_stream_resumes_an_ffcv_loader_in_the_same_order(tmp_path, requires_ffcv):
     from PIL import Image
+
+    from uniflow.data.ffcv import FFCVLoader, write_ffcv
 
     for i in range(12):  # one image per class, so the labels spell out the visiting order
         (tmp_path / "tree" / f"c{i:02d}").mkdir(parents=True)
@@ -200,3 +202,23 @@ def test_an_infinite_gradient_norm_stops_the_run_unless_a_grad_scaler_handles_it
     else:
         with pytest.raises(NonFiniteLossError, match="gradient norm"):
             module.configure_gradient_clipping(optimizer, 1.0)
+
+
+@pytest.mark.parametrize(("normalization", "expected"), [("paper", 1.0), ("figure", 0.75)])
+def test_the_sum_of_the_distillation_weights_is_logged(micro_run, monkeypatch, normalization, expected):
+    """The figure's normalisation (w^base * softmax) sums to (L + 1) / 2L at alpha = 0, not 1: it
+    scales lambda_d, and the log must show it."""
+    import lightning as L
+
+    from uniflow.training.tokenizer_module import TokenizerModule
+
+    path, overrides = micro_run  # a 2-block encoder: (2 + 1) / 4 = 0.75
+    module = TokenizerModule(
+        load_config(path, [*overrides, f"tokenizer.distill.normalization={normalization}"])
+    )
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(name, value))
+    module.training_step({"image": torch.rand(2, 3, 32, 32)}, 0)
+    assert logged["weight/sum"].item() == pytest.approx(expected, abs=1e-4)
+    torch.testing.assert_close(logged["weight/sum"], logged["weight/layer01"] + logged["weight/layer02"])

@@ -22,14 +22,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from uniflow.config import DataConfig
+from uniflow.data.config import BACKENDS, DataConfig
 from uniflow.data.embedded import CachedDataset, EmbeddedMixture, EmbeddedScenes, PhotoCrops
 from uniflow.data.ffcv import FFCVLoader
 from uniflow.data.folder import ImageFolderDataset, draft_side_for, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("embedded", "folder", "ffcv")
 
 
 class EvalShardSampler(DistributedSampler):
@@ -77,6 +75,7 @@ class UniFlowDataModule(L.LightningDataModule):
         photo_fraction: float = 0.5,
         cache: bool = True,
         crop_scale: tuple[float, float] = (0.35, 1.0),
+        train_crop: str = "random_resized_crop",
         folder_mode: str = "auto",
         ffcv_os_cache: bool = True,
     ):
@@ -97,6 +96,7 @@ class UniFlowDataModule(L.LightningDataModule):
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
         self.photo_fraction, self.cache = photo_fraction, cache
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.train_crop = train_crop
         self.folder_mode, self.ffcv_os_cache = folder_mode, ffcv_os_cache
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -116,6 +116,7 @@ class UniFlowDataModule(L.LightningDataModule):
             photo_fraction=cfg.photo_fraction,
             cache=cfg.cache,
             crop_scale=tuple(cfg.crop_scale),  # type: ignore[arg-type]
+            train_crop=cfg.train_crop,
             folder_mode=cfg.folder_mode,
             ffcv_os_cache=cfg.ffcv_os_cache,
         )
@@ -126,9 +127,12 @@ class UniFlowDataModule(L.LightningDataModule):
         return CachedDataset(data) if self.cache else data
 
     def _folder(self, root: str, train: bool) -> ImageFolderDataset:
-        scale = self.crop_scale if train else None
+        zooms = train and self.train_crop == "random_resized_crop"
+        scale = self.crop_scale if zooms else None
         transform = (
-            train_transform(self.image_size, self.crop_scale) if train else eval_transform(self.image_size)
+            train_transform(self.image_size, self.crop_scale, self.train_crop)
+            if train
+            else eval_transform(self.image_size)
         )
         return ImageFolderDataset(root, transform, self.folder_mode, draft_side_for(self.image_size, scale))
 
@@ -181,6 +185,7 @@ class UniFlowDataModule(L.LightningDataModule):
             world_size=world_size,
             seed=self.seed,
             crop_scale=self.crop_scale,
+            train_crop=self.train_crop,
             os_cache=self.ffcv_os_cache,
         )
 

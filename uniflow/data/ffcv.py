@@ -11,6 +11,7 @@ through ``indices=``; shards then differ in length by at most one sample and non
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniflow.data.folder import DECODE_ERRORS, load_rgb, scan_image_folder
+from uniflow.data.config import TRAIN_CROPS
+from uniflow.data.folder import load_rgb, scan_image_folder, try_load_rgb
 from uniflow.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -57,13 +59,7 @@ class FFCVWriteReport:
 
 
 def _readable(args: tuple[str, int]) -> bool:
-    path, draft_side = args
-    try:
-        load_rgb(path, draft_side)
-    except DECODE_ERRORS as err:
-        log.warning("skipping unreadable image %s (%s: %s)", path, type(err).__name__, err)
-        return False
-    return True
+    return try_load_rgb(*args) is not None
 
 
 class _WriterSource:
@@ -152,6 +148,36 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
+def random_square_crop(height: int, width: int, scale: object, ratio: object) -> tuple[int, int, int, int]:
+    """``(top, left, side, side)``: a random square whose side is the image's shorter side.
+
+    Resized to the output size, it is the short-side resize + random crop of ``resize_random_crop``
+    done in one resampling step. FFCV compiles it with numba (``scale``/``ratio`` are unused, part of
+    FFCV's crop-generator signature).
+    """
+    side = min(height, width)
+    top = int(np.random.uniform(0, height - side + 1))
+    left = int(np.random.uniform(0, width - side + 1))
+    return top, left, side, side
+
+
+@functools.cache
+def _resize_random_crop_decoder() -> type:
+    """FFCV decoder class for ``resize_random_crop`` (built on first use: FFCV is optional)."""
+    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+
+    class ResizeRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+        def __init__(self, output_size: tuple[int, int]):
+            super().__init__(output_size)
+            self.scale, self.ratio = None, 1.0
+
+        @property
+        def get_crop_generator(self):
+            return random_square_crop
+
+    return ResizeRandomCropRGBImageDecoder
+
+
 def eval_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
     """This rank's evaluation samples: disjoint across ranks, together every sample once."""
     if not 0 <= rank < world_size:
@@ -162,7 +188,9 @@ def eval_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
 class FFCVLoader:
     """An FFCV loader yielding ``{"image": float B x 3 x H x W in [0, 1], "label": int64 B}``.
 
-    ``train``: random-resized crop (``crop_scale``) and horizontal flip, random order, last partial
+    ``train``: the ``train_crop`` (``resize_random_crop``: a random square of the shorter side;
+    ``random_resized_crop``: area in ``crop_scale``, aspect 3/4..4/3) resized by FFCV (OpenCV's
+    INTER_AREA, not the folder backend's bicubic), and a horizontal flip; random order, last partial
     batch dropped. Otherwise: centre square crop resized to ``image_size``, every sample of this rank's
     :func:`eval_indices` once, in order (or of ``indices``, when the caller chose them).
     """
@@ -179,10 +207,13 @@ class FFCVLoader:
         world_size: int = 1,
         seed: int = 0,
         crop_scale: tuple[float, float] = (0.35, 1.0),
+        train_crop: str = "random_resized_crop",
         os_cache: bool = True,
         indices: np.ndarray | None = None,
     ):
         _require_ffcv()
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"train crop must be one of {list(TRAIN_CROPS)}, got {train_crop!r}")
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
@@ -191,7 +222,11 @@ class FFCVLoader:
         path = _existing(path)
         size = (image_size, image_size)
         if train:
-            decoder = RandomResizedCropRGBImageDecoder(size, scale=crop_scale)
+            decoder = (
+                _resize_random_crop_decoder()(size)
+                if train_crop == "resize_random_crop"
+                else RandomResizedCropRGBImageDecoder(size, scale=crop_scale)
+            )
             image_pipeline = [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage()]
         else:
             image_pipeline = [CenterCropRGBImageDecoder(size, ratio=1.0), ToTensor(), ToTorchImage()]

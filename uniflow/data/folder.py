@@ -21,12 +21,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from uniflow.data.config import FOLDER_MODES, TRAIN_CROPS
 from uniflow.data.embedded import NO_LABEL
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-FOLDER_MODES = ("auto", "classes", "flat")
 # What PIL raises on truncated, corrupt or non-image files.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -82,6 +82,17 @@ def load_rgb(path: str | Path, draft_side: int | None = None) -> Image.Image:
         return img.convert("RGB")
 
 
+def try_load_rgb(path: str | Path, draft_side: int | None = None) -> Image.Image | None:
+    """:func:`load_rgb`, or None for a file that cannot be decoded (truncated, corrupt, not an image),
+    logged with the reason. Every reader of image files (training, FFCV writing, FID inputs) skips
+    such files this way, and counts them."""
+    try:
+        return load_rgb(path, draft_side)
+    except DECODE_ERRORS as err:
+        log.warning("skipping unreadable image %s (%s: %s)", path, type(err).__name__, err)
+        return None
+
+
 def centre_square(img: Image.Image, size: int) -> Image.Image:
     """Evaluation view: the centre square of the shorter side, resized to ``size``."""
     w, h = img.size
@@ -90,15 +101,26 @@ def centre_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
 
 
-def train_transform(size: int, crop_scale: tuple[float, float]) -> Callable[[Image.Image], torch.Tensor]:
-    """Random-resized crop (mild scale range) and horizontal flip, to float C x H x W in [0, 1]."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
+def train_transform(
+    size: int, crop_scale: tuple[float, float], crop: str = "random_resized_crop"
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The training view: a ``crop`` (see ``data.train_crop``) and a horizontal flip, to float C x H x W in [0, 1].
+
+    ``resize_random_crop`` resizes the shorter side to ``size`` (bicubic) and takes a random
+    ``size`` square: no zoom, no aspect change. ``random_resized_crop`` takes a random area in
+    ``crop_scale`` with aspect jitter, resized to ``size``.
+    """
+    if crop not in TRAIN_CROPS:
+        raise ValueError(f"train crop must be one of {list(TRAIN_CROPS)}, got {crop!r}")
+    if crop == "resize_random_crop":
+        geometry = [
+            v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomCrop(size),
         ]
+    else:
+        geometry = [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True)]
+    return v2.Compose(
+        [*geometry, v2.RandomHorizontalFlip(), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
     )
 
 
@@ -145,19 +167,10 @@ class ImageFolderDataset(Dataset):
     def _decode(self, index: int) -> Image.Image | None:
         if self._bad[index]:
             return None
-        path = self.samples[index][0]
-        try:
-            return load_rgb(path, self.draft_side)
-        except DECODE_ERRORS as err:
+        image = try_load_rgb(self.samples[index][0], self.draft_side)
+        if image is None:
             self._bad[index] = True
-            log.warning(
-                "skipping unreadable image %s (%s: %s); %d skipped so far",
-                path,
-                type(err).__name__,
-                err,
-                self.skipped,
-            )
-            return None
+        return image
 
     def _first_readable(self) -> None:
         for i in range(len(self.samples)):
@@ -181,7 +194,8 @@ def draft_side_for(size: int, crop_scale: tuple[float, float] | None) -> int:
     """Smallest decode side that still gives ``size`` pixels to the smallest crop of the image.
 
     A random-resized crop's shorter side can be as small as sqrt(min_scale * 3/4) of the image's shorter
-    side (area fraction min_scale at aspect ratio 3/4); the evaluation centre crop is the shorter side.
+    side (area fraction min_scale at aspect ratio 3/4). ``crop_scale`` None: the crop spans the
+    shorter side (the evaluation centre crop, the resize-then-random-crop training view).
     """
     if crop_scale is None:
         return size

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from uniflow.config import EncoderConfig
 from uniflow.encoders.base import EncoderAdapter, EncoderFeatures, load_state_dict_file, require_file
+from uniflow.tokenizer.config import EncoderConfig
 
 
 def build_encoder(cfg: EncoderConfig) -> EncoderAdapter:

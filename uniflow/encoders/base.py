@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DROPOUT_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 @dataclass
@@ -72,6 +83,40 @@ class EncoderAdapter(nn.Module):
                 f"encoder input {height}x{width} is not a multiple of the patch size {self.patch_size}"
             )
         return height // self.patch_size, width // self.patch_size
+
+
+def disable_stochastic_layers(model: nn.Module, what: str) -> None:
+    """Set every dropout, stochastic-depth (DropPath) and patch-dropout rate in ``model`` to 0.
+
+    An adapted encoder is the tokenizer's student, and its frozen copy, in eval mode, is the teacher:
+    the two must compute the same function at initialisation, or alpha_l > 0 from step 0 and the
+    distillation pulls the student toward a stochastic target. Hub configs do ask for these
+    (InternViT-300M-448px sets drop_path_rate 0.1), so every adapter turns them off after building
+    and logs which modules had a non-zero rate.
+    """
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, DROPOUT_MODULES):
+            attr = "p"
+        elif isinstance(module, nn.MultiheadAttention):  # its attention dropout is a float
+            attr = "dropout"
+        elif isinstance(getattr(module, "drop_prob", None), (int, float)):
+            attr = "drop_prob"  # timm's DropPath, transformers' *DropPath
+        elif type(module).__name__ == "PatchDropout":  # timm and open_clip
+            attr = "prob"
+        else:
+            continue
+        if getattr(module, attr):
+            setattr(module, attr, 0.0)
+            changed.append(name)
+    if changed:
+        log.warning(
+            "%s: disabled dropout / stochastic depth in %d modules (e.g. %s): the student must match "
+            "its frozen teacher at initialisation",
+            what,
+            len(changed),
+            changed[0],
+        )
 
 
 def require_file(path: str | Path, what: str = "encoder weights") -> Path:

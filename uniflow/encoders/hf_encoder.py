@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 
-from uniflow.config import EncoderConfig
 from uniflow.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EncoderAdapter,
     EncoderFeatures,
+    disable_stochastic_layers,
     load_state_dict_file,
 )
+from uniflow.tokenizer.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,33 @@ WEIGHT_FILES = (
 )
 
 
+# Config fields that transformers vision towers read as plain floats inside forward (attention
+# dropout passed to the attention kernel, InternViT's drop_path_rate schedule), so zeroing modules
+# after building would not reach them; see disable_stochastic_layers for why they must be 0.
+STOCHASTIC_CONFIG_KEYS = (
+    "drop_path_rate",
+    "attention_dropout",
+    "attention_probs_dropout_prob",
+    "hidden_dropout_prob",
+    "hidden_dropout",
+    "dropout",
+)
+
+
 def _vision_config(config):
     return getattr(config, "vision_config", None) or config
+
+
+def _without_stochastic_layers(config) -> list[str]:
+    """Zero the stochastic rates of ``config``'s vision part in place; returns the keys changed."""
+    vcfg = _vision_config(config)
+    changed = []
+    for key in STOCHASTIC_CONFIG_KEYS:
+        value = getattr(vcfg, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+            setattr(vcfg, key, 0.0)
+            changed.append(f"{key}={value}")
+    return changed
 
 
 class HFEncoder(EncoderAdapter):
@@ -50,19 +76,22 @@ class HFEncoder(EncoderAdapter):
         # A local directory with only config.json describes the architecture (e.g. inside a saved
         # tokenizer, whose weights file holds the adapted encoder); weights come from elsewhere.
         has_weights = any((local / f).is_file() for f in WEIGHT_FILES) if local.exists() else cfg.pretrained
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=cfg.trust_remote_code, **dict(cfg.kwargs)
+        )
+        changed = _without_stochastic_layers(config)
+        if changed:
+            log.warning("%s: set %s to 0 (the student must match its frozen teacher)", source, changed)
         if has_weights:
-            model = AutoModel.from_pretrained(
-                source, trust_remote_code=cfg.trust_remote_code, **dict(cfg.kwargs)
-            )
+            model = AutoModel.from_pretrained(source, config=config, trust_remote_code=cfg.trust_remote_code)
         else:
-            config = AutoConfig.from_pretrained(
-                source, trust_remote_code=cfg.trust_remote_code, **dict(cfg.kwargs)
-            )
             model = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
         # Composite models (CLIPModel, SiglipModel) keep the tower in .vision_model.
         self.model = (
             getattr(model, "vision_model", model) if hasattr(model.config, "vision_config") else model
         )
+        # Dropout modules built from config fields with other names (remote code).
+        disable_stochastic_layers(self.model, f"transformers {source}")
         if cfg.checkpoint:
             missing, unexpected = self.model.load_state_dict(
                 load_state_dict_file(cfg.checkpoint), strict=False

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from uniflow.config import EncoderConfig
-from uniflow.encoders.base import EncoderAdapter, EncoderFeatures, require_file
+from uniflow.encoders.base import EncoderAdapter, EncoderFeatures, disable_stochastic_layers, require_file
 from uniflow.encoders.timm_encoder import TimmEncoder
+from uniflow.tokenizer.config import EncoderConfig
 
 
 class OpenClipEncoder(EncoderAdapter):
@@ -40,6 +40,8 @@ class OpenClipEncoder(EncoderAdapter):
             visual.prune_intermediate_layers(
                 len(visual.transformer.resblocks), prune_norm=True, prune_head=True
             )
+            # The model config's patch dropout (a timm trunk's drop path is handled by TimmEncoder).
+            disable_stochastic_layers(visual, f"open_clip {cfg.name}")
             self.visual = visual
             self.image_size = tuple(visual.image_size) if hasattr(visual, "image_size") else None
         else:

@@ -6,8 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-from uniflow.config import EncoderConfig
-from uniflow.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderAdapter, EncoderFeatures, require_file
+from uniflow.encoders.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderAdapter,
+    EncoderFeatures,
+    disable_stochastic_layers,
+    require_file,
+)
+from uniflow.tokenizer.config import EncoderConfig
 
 
 def create_timm_vit(cfg: EncoderConfig, num_classes: int = 0) -> torch.nn.Module:
@@ -46,6 +53,9 @@ class TimmEncoder(EncoderAdapter):
         # Only block outputs are read: drop the final norm, pooling and head so that no parameter
         # goes unused in the backward pass (DDP/FSDP would otherwise need find_unused_parameters).
         self.model.prune_intermediate_layers(len(self.model.blocks), prune_norm=True, prune_head=True)
+        # Whatever kwargs asked for (drop_path_rate, proj_drop_rate, attn_drop_rate, patch_drop_rate):
+        # timm's attention reads its dropout rate from the module, so zeroing the modules is enough.
+        disable_stochastic_layers(self.model, f"timm {cfg.name}")
         patch = self.model.patch_embed.patch_size
         self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
         self.width = int(self.model.embed_dim)

@@ -1,7 +1,7 @@
-"""The evaluation suite: a registry of the paper's benchmarks (and embedded stand-ins), their
-adapters, and results with provenance. ``python -m uniflow eval`` is :func:`cli.eval_main`."""
+"""The evaluation suite: the paper's benchmarks (and embedded stand-ins) as registry entries, their
+adapters and readers, and results with provenance. ``python -m uniflow eval`` is :func:`cli.eval_main`."""
 
-from uniflow.evaluation.registry import Benchmark, all_benchmarks, get, register
+from uniflow.evaluation.registry import Benchmark, all_benchmarks, get
 from uniflow.evaluation.results import BenchmarkResult, MetricValue, SuiteResults
 from uniflow.evaluation.suite import enabled_benchmarks, run_suite
 
@@ -13,6 +13,5 @@ __all__ = [
     "all_benchmarks",
     "enabled_benchmarks",
     "get",
-    "register",
     "run_suite",
 ]

@@ -14,23 +14,45 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from uniflow.config import ConfigError, RunConfig, load_config
+from uniflow.config import ConfigError, load_config
 from uniflow.evaluation import registry
 from uniflow.evaluation.distributed import init_from_environment, rank_and_world
 from uniflow.evaluation.report import RESULTS_JSON, RESULTS_MD, render_markdown
-from uniflow.evaluation.runs import configured_tokenizer, default_output_dir, latest_tokenizer, run_dir_of
+from uniflow.evaluation.runs import configured_tokenizer, latest_tokenizer, run_of
 from uniflow.evaluation.suite import enabled_benchmarks, run_suite
+from uniflow.stages import RunConfig
+
+EPILOG = """overrides:
+  dotted keys, parsed as YAML values, e.g.
+    eval.benchmarks=[imagenet_recon,coco_recon] eval.data.imagenet_recon=/data/imagenet/val
+    eval.fid_reference.imagenet_recon=imagenet_val_256.npz eval.tokenizer=runs/embedded/tokenizer
+
+examples:
+  python -m uniflow eval                                         # newest run, embedded benchmarks
+  python -m uniflow eval experiments/tokenizer/internvit300m.yaml eval.data.imagenet_recon=/data/imagenet/val
+  python -m uniflow eval --list                                  # the benchmarks and the data each reads
+
+Under torchrun or srun every rank evaluates its share of the images. See docs/evaluation.md."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m uniflow eval",
-        description="Run the benchmark suite. Without CONFIG: the newest runs/*/tokenizer on the "
-        "embedded benchmarks. Writes results.json and results.md to eval.output_dir "
-        "(default: <run dir>/eval) and prints the table.",
+        description="Run the benchmark suite on a tokenizer and print the results table.\n"
+        "Without CONFIG: the newest runs/*/tokenizer on the embedded benchmarks. With CONFIG: that run's\n"
+        "tokenizer (or eval.tokenizer) on the benchmarks its eval section enables. Writes results.json and\n"
+        "results.md to eval.output_dir (default: <run dir>/eval).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
-    parser.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
+    parser.add_argument(
+        "args", nargs="*", metavar="CONFIG | key=value", help="an optional YAML config, then dotted overrides"
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the registered benchmarks, with the data each reads, and exit",
+    )
     return parser
 
 
@@ -39,6 +61,10 @@ def _list_benchmarks() -> None:
         status = "runnable" if bench.run else f"pending: {bench.pending}"
         suite = "paper" if bench.paper else "embedded"
         print(f"{bench.name:<16} {bench.family:<15} {suite:<9} {', '.join(bench.metrics):<24} {status}")
+        if bench.data:
+            print(f"{'':<16} eval.data.{bench.name}: {bench.data}")
+        if bench.fid_reference:
+            print(f"{'':<16} eval.fid_reference.{bench.name}: {bench.fid_reference}")
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
@@ -58,7 +84,7 @@ def _resolve(args: list[str]) -> tuple[RunConfig, Path, str]:
     if config is not None:
         return cfg, configured_tokenizer(cfg), cfg.name
     tokenizer_dir = configured_tokenizer(cfg) if cfg.eval.tokenizer else latest_tokenizer(cfg.output_dir)
-    return cfg, tokenizer_dir, run_dir_of(tokenizer_dir).name
+    return cfg, tokenizer_dir, run_of(tokenizer_dir).root.name
 
 
 def eval_main(argv: list[str]) -> int:
@@ -72,7 +98,7 @@ def eval_main(argv: list[str]) -> int:
     rank = rank_and_world()[0]
     try:
         cfg, tokenizer_dir, run_name = _resolve(options.args)
-        output_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else default_output_dir(tokenizer_dir)
+        output_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else run_of(tokenizer_dir).eval
         suite = run_suite(cfg.eval, tokenizer_dir, output_dir, run_name=run_name)
     except (ConfigError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from uniflow.config import EvalConfig
+from uniflow.evaluation.config import EvalConfig
 from uniflow.metrics.inception import InceptionFeatureExtractor
 from uniflow.tokenizer.decoder import patchify
 from uniflow.tokenizer.model import UniFlowTokenizer
@@ -68,6 +68,8 @@ class EvalContext:
             # The tokenizer's flow decoder is unconditional given the latent: there is no guidance.
             "guidance": "none",
             "precision": self.cfg.precision,
+            # Sides that are not a multiple of the stride (256 px at patch 14) are padded, then cropped.
+            "padding": self.tokenizer.padding_policy,
             "noise_seed": self.cfg.seed,
             "device": self.device.type,
             "world_size": self.world_size,

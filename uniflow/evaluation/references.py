@@ -1,4 +1,5 @@
-"""Published numbers the results table shows beside ours: UniFlow's own and the anchors' (UNIFLOW.md section 6).
+"""Published numbers the results table shows beside ours: UniFlow's own (the paper) and the anchors'
+(the other tokenizers' papers), each as its source states it.
 
 Values are strings exactly as the sources give them, so ranges ("0.38-0.41") and qualified numbers
 stay what they are. Where the sources give no number for a benchmark and metric, the entry says so

@@ -1,91 +1,96 @@
-"""The benchmark registry: every benchmark the results table knows, runnable or not yet.
+"""The benchmark registry: every benchmark the results table knows, runnable or not yet, as data.
 
-An entry names its task family, the metrics it reports, the published numbers to show beside ours
-and, when it can run, a runner (the dataset reader and metric, in ``uniflow.evaluation.benchmarks``)
-with a config check. Entries without a runner carry the reason instead. New benchmarks (probes,
-MLLM scores) plug in by registering an entry with a runner, replacing the pending one of the same
-name; the suite core iterates the registry and never names a benchmark.
+Each adapter module exports its entries as ``BENCHMARKS: tuple[Benchmark, ...]``; the registry is
+built from the modules listed in :data:`ADAPTERS`, in that order, the first time it is asked for.
+Importing a module registers nothing, and a name exported twice is an error, so there is exactly
+one definition of each benchmark.
+
+Adding a benchmark: export its entry from a module and add the module to :data:`ADAPTERS`.
+Implementing a pending benchmark (a probe, an MLLM score): export an entry of the same name with a
+runner from the stage's module, add that module here, and delete the pending entry from
+``uniflow/evaluation/benchmarks/pending.py``; forgetting the deletion fails with the duplicate error.
+The suite core iterates the registry and never names a benchmark.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import functools
+import importlib
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
-from uniflow.config import ConfigError, EvalConfig
-from uniflow.evaluation.references import Reference
-from uniflow.evaluation.results import BenchmarkRun
+from uniflow.config import ConfigError
+from uniflow.evaluation.entry import FAMILIES, Benchmark
 
-if TYPE_CHECKING:
-    from uniflow.evaluation.context import EvalContext
+__all__ = [
+    "ADAPTERS",
+    "FAMILIES",
+    "Benchmark",
+    "all_benchmarks",
+    "build",
+    "collect",
+    "get",
+    "names",
+]
 
-# UNIFLOW.md section 5: the seven task families of the paper's 13 benchmarks.
-FAMILIES = (
-    "reconstruction",
-    "generation",
-    "understanding",
-    "classification",
-    "segmentation",
-    "detection",
-    "depth",
+# Imported by name when the registry is first needed: a stage's adapter may import heavy libraries
+# (an LLM for the MLLM probe) or ``uniflow.evaluation`` itself, which must not happen at import time.
+ADAPTERS: tuple[str, ...] = (
+    "uniflow.evaluation.benchmarks.reconstruction",
+    "uniflow.evaluation.benchmarks.generation",
+    "uniflow.evaluation.benchmarks.pending",
 )
 
-Runner = Callable[["EvalContext"], BenchmarkRun]
-Check = Callable[[EvalConfig], None]
+
+def build(entries: Iterable[tuple[str, Benchmark]]) -> Mapping[str, Benchmark]:
+    """A read-only name -> entry map from ``(source, entry)`` pairs; a name given twice is refused,
+    naming both sources."""
+    table: dict[str, Benchmark] = {}
+    sources: dict[str, str] = {}
+    for source, bench in entries:
+        if not isinstance(bench, Benchmark):
+            raise TypeError(f"{source} exports {bench!r} in BENCHMARKS; expected Benchmark entries")
+        if bench.name in table:
+            raise ValueError(
+                f"benchmark {bench.name!r} is defined twice, by {sources[bench.name]} and {source}; "
+                "when a stage implements a pending benchmark, delete the pending entry from "
+                "uniflow/evaluation/benchmarks/pending.py"
+            )
+        table[bench.name], sources[bench.name] = bench, source
+    return MappingProxyType(table)
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    name: str
-    family: str
-    title: str
-    metrics: tuple[str, ...]
-    references: tuple[Reference, ...]
-    # True for the paper's 13 (UNIFLOW.md section 5); False for the embedded CPU stand-ins.
-    paper: bool
-    # How a user enables it (shown when it is not run).
-    hint: str = ""
-    run: Runner | None = None
-    # Raises ConfigError (naming the key) when the config cannot run it; called before any work.
-    check: Check | None = None
-    # Why there is no runner yet; required exactly when ``run`` is None.
-    pending: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"benchmark {self.name!r}: family {self.family!r} is not one of {FAMILIES}")
-        if (self.run is None) == (self.pending is None):
-            raise ValueError(f"benchmark {self.name!r} needs exactly one of a runner or a pending reason")
+@functools.cache
+def collect(modules: tuple[str, ...]) -> Mapping[str, Benchmark]:
+    """The registry of the adapter ``modules`` (imported by name), each exporting ``BENCHMARKS``."""
+    pairs = []
+    for name in modules:
+        module = importlib.import_module(name)
+        exported = getattr(module, "BENCHMARKS", None)
+        if exported is None:
+            raise AttributeError(f"adapter module {name} exports no BENCHMARKS tuple")
+        pairs += [(name, bench) for bench in exported]
+    return build(pairs)
 
 
-_REGISTRY: dict[str, Benchmark] = {}
-
-
-def register(benchmark: Benchmark) -> Benchmark:
-    """Add ``benchmark``. A runnable entry and a pending one of the same name resolve to the runnable
-    one whichever registers first, so modules need no import order; any other clash is an error."""
-    existing = _REGISTRY.get(benchmark.name)
-    if existing is None or (existing.pending and benchmark.run):
-        _REGISTRY[benchmark.name] = benchmark
-    elif not (existing.run and benchmark.pending):
-        raise ValueError(f"benchmark {benchmark.name!r} is already registered")
-    return _REGISTRY[benchmark.name]
+def _registry() -> Mapping[str, Benchmark]:
+    # Looked up at call time, so a test that swaps ADAPTERS gets its own (cached) registry.
+    return collect(ADAPTERS)
 
 
 def all_benchmarks() -> list[Benchmark]:
-    """Every registered benchmark, in table order (embedded first, then UNIFLOW.md section 5's order)."""
-    _load_entries()
-    return sorted(_REGISTRY.values(), key=lambda b: (b.paper, FAMILIES.index(b.family)))
+    """Every registered benchmark, in table order: embedded first, then by task family
+    (benchmarks/README.md), then in the order the adapters export them."""
+    return sorted(_registry().values(), key=lambda b: (b.paper, FAMILIES.index(b.family)))
+
+
+def names() -> list[str]:
+    """Every registered benchmark's name, sorted (for error messages)."""
+    return sorted(_registry())
 
 
 def get(name: str) -> Benchmark:
-    _load_entries()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown benchmark {name!r} in eval.benchmarks; valid names: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def _load_entries() -> None:
-    # The entries live in their adapters' modules; importing the package registers them all.
-    import uniflow.evaluation.benchmarks  # noqa: F401
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown benchmark {name!r} in eval.benchmarks; valid names: {sorted(registry)}")
+    return registry[name]

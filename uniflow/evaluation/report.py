@@ -99,7 +99,8 @@ def render_markdown(suite: SuiteResults) -> str:
         f"{s['precision']}, noise seed {s['noise_seed']}; {s['device']} x {s['world_size']} rank(s); "
         f"{suite.created}. These settings hold for every number below unless its provenance says otherwise.",
         "",
-        "Paper and anchor numbers are ImageNet 256 px unless the row says otherwise (UNIFLOW.md section 6); "
+        "Paper and anchor numbers are ImageNet 256 px unless the row says otherwise, as the UniFlow paper "
+        "and the anchors' papers report them (uniflow/evaluation/references.py); "
         "embedded rows are this project's CPU stand-ins and compare with no published number.",
         "",
         "| family | benchmark | metric | ours | samples | UniFlow (paper) | anchors | provenance |",

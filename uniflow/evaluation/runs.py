@@ -1,52 +1,42 @@
-"""Where the tokenizer to evaluate is, and where its results go (the training run directory layout).
+"""Which tokenizer export the suite evaluates, and where its results go (through the run directory).
 
-Training writes ``<output_dir>/<name>/`` with ``config.yaml``, ``checkpoints/``, ``tokenizer/`` (a
-``save_pretrained`` directory) and ``metrics.json``; evaluation reads ``tokenizer/`` and writes
-``eval/`` beside it.
+Training writes ``<output_dir>/<name>/tokenizer/`` (a ``save_pretrained`` directory); evaluation
+reads it and writes ``eval/`` beside it (:class:`uniflow.run_dir.RunDirectory`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from uniflow.config import RunConfig
+from uniflow.run_dir import RunDirectory
+from uniflow.stages import RunConfig
 from uniflow.tokenizer.model import WEIGHTS_FILE
 
-TOKENIZER_DIR = "tokenizer"
-EVAL_DIR = "eval"
+TOKENIZER_EXPORT = "tokenizer"
 
 
 def latest_tokenizer(output_dir: str | Path) -> Path:
     """The most recently written ``<output_dir>/*/tokenizer/`` (by its weights file's modification time)."""
-    pattern = Path(output_dir) / "*" / TOKENIZER_DIR / WEIGHTS_FILE
-    found = sorted(
-        Path(output_dir).glob(f"*/{TOKENIZER_DIR}/{WEIGHTS_FILE}"), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
+    try:
+        return RunDirectory.latest_with(output_dir, TOKENIZER_EXPORT, WEIGHTS_FILE)
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"no trained tokenizer to evaluate: nothing matches {pattern.absolute()}; "
-            "run `make train-tokenizer` first"
-        )
-    return found[-1].parent
+            f"no trained tokenizer to evaluate: {err}; run `make train-tokenizer` first"
+        ) from None
 
 
 def configured_tokenizer(cfg: RunConfig) -> Path:
-    """``eval.tokenizer``, else the run's own ``<output_dir>/<name>/tokenizer``; it must exist."""
-    directory = (
-        Path(cfg.eval.tokenizer) if cfg.eval.tokenizer else Path(cfg.output_dir) / cfg.name / TOKENIZER_DIR
-    )
-    if not (directory / WEIGHTS_FILE).is_file():
+    """``eval.tokenizer`` (a run directory or a tokenizer directory), else the run's own export; it must exist."""
+    reference = cfg.eval.tokenizer or RunDirectory.of(cfg.output_dir, cfg.name).root
+    try:
+        return RunDirectory.find_export(reference, TOKENIZER_EXPORT, WEIGHTS_FILE)
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"no trained tokenizer at {(directory / WEIGHTS_FILE).absolute()}; run `make train-tokenizer` "
-            "with this config first, or point eval.tokenizer at a tokenizer directory"
-        )
-    return directory
+            f"no trained tokenizer: {err}; run `make train-tokenizer` with this config first, or point "
+            "eval.tokenizer at a run or tokenizer directory"
+        ) from None
 
 
-def run_dir_of(tokenizer_dir: Path) -> Path:
-    """The run directory a tokenizer belongs to (its parent in the training layout, else itself)."""
-    return tokenizer_dir.parent if tokenizer_dir.name == TOKENIZER_DIR else tokenizer_dir
-
-
-def default_output_dir(tokenizer_dir: Path) -> Path:
-    return run_dir_of(tokenizer_dir) / EVAL_DIR
+def run_of(tokenizer_dir: Path) -> RunDirectory:
+    """The run a tokenizer export belongs to (its parent in the run layout, else the directory itself)."""
+    return RunDirectory(tokenizer_dir.parent if tokenizer_dir.name == TOKENIZER_EXPORT else tokenizer_dir)

@@ -10,8 +10,9 @@ import datetime as _dt
 import time
 from pathlib import Path
 
-from uniflow.config import ConfigError, EvalConfig
+from uniflow.config import ConfigError
 from uniflow.evaluation import registry
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.distributed import rank_and_world, resolve_device
 from uniflow.evaluation.registry import Benchmark
@@ -24,13 +25,10 @@ from uniflow.tokenizer.model import WEIGHTS_FILE, UniFlowTokenizer
 def enabled_benchmarks(cfg: EvalConfig) -> list[Benchmark]:
     """The benchmarks ``cfg`` enables, checked: unknown names, pending entries and missing settings
     raise ConfigError before any work starts."""
-    names = [b.name for b in registry.all_benchmarks()]
     duplicates = sorted({n for n in cfg.benchmarks if cfg.benchmarks.count(n) > 1})
     if duplicates:
         raise ConfigError(f"eval.benchmarks lists {duplicates} more than once")
-    unknown = sorted(set(cfg.num_samples) - set(names))
-    if unknown:
-        raise ConfigError(f"eval.num_samples has unknown benchmarks {unknown}; valid names: {sorted(names)}")
+    _check_keyed(cfg)
     enabled = [registry.get(name) for name in cfg.benchmarks]
     for bench in enabled:
         if bench.pending:
@@ -38,6 +36,24 @@ def enabled_benchmarks(cfg: EvalConfig) -> list[Benchmark]:
         if bench.check is not None:
             bench.check(cfg)
     return enabled
+
+
+def _check_keyed(cfg: EvalConfig) -> None:
+    """Every setting keyed by benchmark names a registered benchmark that reads it: a misspelt name,
+    or a path for a benchmark that takes none, would otherwise be silently ignored."""
+    valid = registry.names()
+    keyed = {"num_samples": cfg.num_samples, "data": cfg.data, "fid_reference": cfg.fid_reference}
+    for key, values in keyed.items():
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ConfigError(f"eval.{key} has unknown benchmarks {unknown}; valid names: {valid}")
+    for key in ("data", "fid_reference"):
+        takes = [name for name in valid if getattr(registry.get(name), key)]
+        refused = sorted(name for name in keyed[key] if name not in takes)
+        if refused:
+            raise ConfigError(
+                f"eval.{key} sets {refused}, which take none; benchmarks that take one: {takes}"
+            )
 
 
 def _completed(bench: Benchmark, run: BenchmarkRun, common: dict) -> BenchmarkResult:

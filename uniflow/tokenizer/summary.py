@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from uniflow.config import TokenizerConfig
+from uniflow.tokenizer.config import TokenizerConfig
 from uniflow.tokenizer.decoder import PixelFlowDecoder
 from uniflow.tokenizer.latent import LatentProjection
 

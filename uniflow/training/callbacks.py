@@ -43,8 +43,21 @@ class StepProgressBar(TQDMProgressBar):
             self.train_progress_bar.refresh()
 
 
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch of any stage: a dict (its ``image`` entry, else its first tensor) or a sequence."""
+    if isinstance(batch, dict):
+        first = batch.get("image", next((v for v in batch.values() if isinstance(v, torch.Tensor)), None))
+    elif isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+    else:
+        first = batch
+    if not isinstance(first, torch.Tensor):
+        raise TypeError(f"cannot tell the batch size of a {type(batch).__name__} batch")
+    return first.shape[0]
+
+
 class ImagesPerSecond(L.Callback):
-    """Logs ``perf/images_per_s``: images of all ranks per second of wall time between steps.
+    """Logs ``perf/images_per_s``: samples of all ranks per second of wall time between steps.
 
     The time between consecutive step ends covers data loading, forward, backward and the optimizer;
     the interval that contains a validation run is not counted.
@@ -58,7 +71,7 @@ class ImagesPerSecond(L.Callback):
     ) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            images = batch["image"].shape[0] * trainer.world_size
+            images = batch_size_of(batch) * trainer.world_size
             pl_module.log("perf/images_per_s", images / max(now - self._last, 1e-9), prog_bar=True)
         self._last = now
 

@@ -1,27 +1,50 @@
-"""``python -m uniflow train CONFIG [key=value ...]``: teacher (if needed), tokenizer, summary."""
+"""``python -m uniflow train CONFIG [key=value ...]``: run the stage the config names (``stage:``)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from uniflow.config import ConfigError, RunConfig, load_config
+from uniflow.config import ConfigError, load_config
+from uniflow.stages import RunConfig
 
-USAGE = """usage: python -m uniflow train CONFIG [key=value ...]
+EPILOG = """overrides:
+  dotted keys after the config, parsed as YAML values, e.g.
+    trainer.max_steps=200 'tokenizer.distill.layers=[1,2]' resume=auto stage=tokenizer
 
-Trains the tokenizer described by CONFIG (a YAML under experiments/) with dotted overrides, e.g.
-  python -m uniflow train experiments/tokenizer/embedded.yaml trainer.max_steps=200 resume=auto
-With teacher.enabled and no teacher checkpoint, a supervised teacher is trained first. The run
-directory <output_dir>/<name>/ receives the resolved config, checkpoints, TensorBoard logs, the
-exported tokenizer, a reconstruction grid and metrics.json; a summary is printed at the end."""
+stages (the config's `stage:` key, default tokenizer):
+{stages}
+
+The run directory <output_dir>/<name>/ receives the resolved config, checkpoints, TensorBoard logs,
+the stage's export and metrics.json; a summary is printed at the end. Launch on several processes
+with `srun python -m uniflow train ...` (SLURM), `torchrun ... -m uniflow train ...` or
+`fabric run --accelerator cpu --devices N uniflow/__main__.py train ...` (see docs/training.md)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from uniflow import stages
+
+    lines = "\n".join(f"  {name:<10} {stages.get(name).description}" for name in stages.names())
+    parser = argparse.ArgumentParser(
+        prog="python -m uniflow train",
+        description="Train the stage a config describes (a YAML under experiments/) with dotted overrides.",
+        epilog=EPILOG.format(stages=lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="a YAML file, e.g. experiments/tokenizer/embedded.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser
 
 
 def check_config(cfg: RunConfig) -> None:
     """Problems that can be seen before any work starts, as ConfigErrors naming the key."""
+    from uniflow import stages
     from uniflow.data.datamodule import UniFlowDataModule
-    from uniflow.training.run import build_strategy, resume_checkpoint, run_directory
+    from uniflow.run_dir import RunDirectory
+    from uniflow.training.run import build_strategy, resume_checkpoint
 
     t = cfg.trainer
     for key, value in (
@@ -33,93 +56,58 @@ def check_config(cfg: RunConfig) -> None:
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
-    if cfg.optim.ema_decay > 0 and t.precision == "bf16-true":
-        # bf16-true casts the whole module, the average included: an update of (1 - decay) times a
-        # small difference then rounds away, and the EMA stops moving once the decay passes ~0.996.
-        raise ConfigError(
-            "config key 'optim.ema_decay' > 0 needs the EMA in float32, which trainer.precision=bf16-true "
-            "does not keep; use trainer.precision=bf16-mixed or optim.ema_decay=0"
-        )
-    if cfg.teacher.enabled:
-        if cfg.tokenizer.encoder.backend != "timm":
-            raise ConfigError(
-                f"config key 'teacher.enabled': teacher pretraining builds timm models, but "
-                f"tokenizer.encoder.backend is {cfg.tokenizer.encoder.backend!r}"
-            )
-        if cfg.data.backend == "ffcv":
-            raise ConfigError(
-                "config key 'teacher.enabled': teacher pretraining reads class counts from the embedded or "
-                "folder backend, not ffcv; point tokenizer.encoder.checkpoint to a pretrained encoder instead"
-            )
-        if cfg.teacher.max_steps < 1:
-            raise ConfigError(
-                f"config key 'teacher.max_steps' must be at least 1, got {cfg.teacher.max_steps}"
-            )
-    elif cfg.tokenizer.encoder.checkpoint and not Path(cfg.tokenizer.encoder.checkpoint).is_file():
-        raise ConfigError(
-            f"config key 'tokenizer.encoder.checkpoint': file not found: {cfg.tokenizer.encoder.checkpoint} "
-            "(teacher.enabled=true trains a teacher there)"
-        )
+    stage = stages.get(cfg.stage)
+    if stage.check is not None:
+        stage.check(cfg)
     try:
         UniFlowDataModule.from_config(cfg.data)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"data: {err}") from None
-    resume_checkpoint(cfg.resume, run_directory(cfg.output_dir, cfg.name))
+    resume_checkpoint(cfg.resume, RunDirectory.of(cfg.output_dir, cfg.name))
     build_strategy(t)
 
 
 def run(cfg: RunConfig) -> dict[str, Any] | None:
-    """Teacher stage (if needed), tokenizer stage, then on rank 0 the summary; returns rank 0's metrics."""
-    from uniflow.tokenizer import UniFlowTokenizer
-    from uniflow.training.run import (
-        METRICS_FILE,
-        TOKENIZER_DIR,
-        teacher_checkpoint_path,
-        timed,
-        train_teacher,
-        train_tokenizer,
-        with_teacher,
-        write_json,
-    )
-    from uniflow.training.summary import evaluate_tokenizer, format_summary
+    """The config's stage (after what it needs first), then on rank 0 its summary; returns rank 0's metrics."""
+    from uniflow import stages
+    from uniflow.hardware import resolve_precision
+    from uniflow.training.run import run_stage, timed, write_json
 
     start = time.perf_counter()
-    metrics: dict[str, Any] = {"timing_s": {}}
-    if cfg.teacher.enabled:
-        path = teacher_checkpoint_path(cfg)
-        if path.is_file():
-            print(f"teacher: using {path}")
-        else:
-            metrics["teacher"], metrics["timing_s"]["teacher"] = timed(train_teacher, cfg, path)
-        cfg = with_teacher(cfg, path)
-    result, metrics["timing_s"]["tokenizer"] = timed(train_tokenizer, cfg)
+    stage = stages.get(cfg.stage)
+    # Resolved once, so every stage and the recorded config use the same precision.
+    choice = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    print(f"precision: {choice.precision} ({choice.reason})")
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, precision=choice.precision))
+    metrics: dict[str, Any] = {"stage": stage.name, "precision": choice.as_dict(), "timing_s": {}}
+    if stage.prepare is not None:
+        cfg = stage.prepare(cfg, metrics)
+    result, metrics["timing_s"][stage.name] = timed(run_stage, stage, cfg)
     if not result.is_global_zero:
         return None
     metrics["steps"] = result.steps
-    metrics["weights_fingerprint_per_rank"] = result.fingerprints
-    if cfg.summary.enabled:
-        tokenizer = UniFlowTokenizer.from_pretrained(result.directory / TOKENIZER_DIR)
-        summary, metrics["timing_s"]["summary"] = timed(evaluate_tokenizer, cfg, tokenizer, result.directory)
+    metrics.update(result.metrics)
+    summary: dict[str, Any] = {}
+    if stage.summary is not None:
+        summary, metrics["timing_s"]["summary"] = timed(stage.summary, cfg, result.directory)
         metrics.update(summary)
     metrics["timing_s"]["total"] = time.perf_counter() - start
-    write_json(result.directory / METRICS_FILE, metrics)
-    print(f"\nrun directory: {result.directory}")
-    if cfg.summary.enabled:
-        print(format_summary(metrics))
+    write_json(result.directory.metrics, metrics)
+    print(f"\nrun directory: {result.directory.root}")
+    if summary and stage.format_summary is not None:
+        print(stage.format_summary(metrics))
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["timing_s"].items())
     print(f"wall time: {timing}")
     return metrics
 
 
 def train_main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0 if argv else 2
+    args = _parser().parse_args(argv)  # exits 2 with a usage message on bad arguments
     try:
-        cfg = load_config(argv[0], argv[1:])
+        cfg = load_config(args.config, args.overrides)
         check_config(cfg)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     from uniflow.training.finite import NonFiniteLossError

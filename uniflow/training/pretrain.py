@@ -1,10 +1,11 @@
-"""Teacher pretraining: a supervised ViT classifier whose weights the tokenizer then starts from.
+"""The ``pretrain`` stage: a supervised ViT classifier whose weights a tokenizer then starts from.
 
 The embedded default has no pretrained encoder to adapt, so it first trains one: the
 ``tokenizer.encoder`` architecture (timm) with a classifier head, on the labelled training images.
-The checkpoint is the timm state dict, head included: timm loads it as pretrained weights through
+The export is the timm state dict, head included: timm loads it as pretrained weights through
 ``tokenizer.encoder.checkpoint`` (dropping the head, which the tokenizer does not use), and the
-summary loads the head back to run the teacher's own classifier on the student's tokens.
+tokenizer summary loads the head back to run the encoder's own classifier on the student's tokens.
+(In the tokenizer this encoder becomes both the trainable student and the frozen distillation teacher.)
 """
 
 from __future__ import annotations
@@ -21,19 +22,28 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torchmetrics import MeanMetric
 
-from uniflow.config import EncoderConfig, TeacherConfig
+from uniflow.config import ConfigError
+from uniflow.data.datamodule import UniFlowDataModule
 from uniflow.data.embedded import NO_LABEL
 from uniflow.encoders.timm_encoder import create_timm_vit, timm_normalization
 from uniflow.io import atomic_write
 from uniflow.nn.embeddings import sincos_2d_position_embedding
+from uniflow.run_dir import RunDirectory
+from uniflow.stages import Stage
+from uniflow.tokenizer.config import EncoderConfig, TokenizerConfig
+from uniflow.training.config import OptimConfig, PretrainConfig
+from uniflow.training.data import StepDataModule
 from uniflow.training.finite import check_finite
 from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 
 HEAD_WEIGHT = "head.weight"
 
 
+EXPORT_NAME = "encoder.safetensors"
+
+
 def _fresh(cfg: EncoderConfig) -> EncoderConfig:
-    """The architecture without the checkpoint (which is where the teacher goes, not where it comes from)."""
+    """The architecture without the checkpoint (which is where the export goes, not where it comes from)."""
     return dataclasses.replace(cfg, checkpoint=None)
 
 
@@ -46,20 +56,32 @@ def sincos_position_embedding_(model: nn.Module) -> None:
     model.pos_embed[:, :prefix].zero_()
 
 
-class TeacherModule(L.LightningModule):
+class EncoderPretrainModule(L.LightningModule):
     """Cross-entropy training of a timm ViT classifier on ``{"image", "label"}`` batches."""
 
-    def __init__(self, encoder: EncoderConfig, teacher: TeacherConfig, num_classes: int):
+    def __init__(
+        self,
+        encoder: EncoderConfig,
+        pretrain: PretrainConfig,
+        optim: OptimConfig,
+        max_steps: int,
+        num_classes: int,
+    ):
         super().__init__()
         if encoder.backend != "timm":
             raise ValueError(
-                f"teacher pretraining builds timm models; tokenizer.encoder.backend is {encoder.backend!r}"
+                f"encoder pretraining builds timm models; tokenizer.encoder.backend is {encoder.backend!r}"
             )
         if num_classes < 2:
-            raise ValueError(f"teacher pretraining needs at least 2 classes, the data has {num_classes}")
-        self.encoder_cfg, self.teacher_cfg = encoder, teacher
+            raise ValueError(f"encoder pretraining needs at least 2 classes, the data has {num_classes}")
+        self.encoder_cfg, self.pretrain_cfg, self.optim_cfg, self.max_steps = (
+            encoder,
+            pretrain,
+            optim,
+            max_steps,
+        )
         self.model = create_timm_vit(_fresh(encoder), num_classes=num_classes)
-        if teacher.sincos_pos_embed and not encoder.pretrained:
+        if pretrain.sincos_pos_embed and not encoder.pretrained:
             sincos_position_embedding_(self.model)
         mean, std = timm_normalization(encoder, self.model)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -73,7 +95,7 @@ class TeacherModule(L.LightningModule):
         logits = self(batch["image"])
         labels = batch["label"]
         loss = F.cross_entropy(
-            logits.float(), labels, ignore_index=NO_LABEL, label_smoothing=self.teacher_cfg.label_smoothing
+            logits.float(), labels, ignore_index=NO_LABEL, label_smoothing=self.pretrain_cfg.label_smoothing
         )
         check_finite(self, {"cross_entropy": loss.detach()}, "loss")
         known = labels != NO_LABEL
@@ -91,20 +113,22 @@ class TeacherModule(L.LightningModule):
         self.log("val/accuracy", self.val_accuracy, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        t = self.teacher_cfg
+        o = self.optim_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = weight_decay_groups(params, t.weight_decay, t.lr, "model")
-        return adamw_warmup_cosine(groups, t.betas, t.max_steps, t.warmup_steps, "cosine", t.min_lr_ratio)
+        groups = weight_decay_groups(params, o.weight_decay, o.lr, "model")
+        return adamw_warmup_cosine(
+            groups, o.betas, self.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio
+        )
 
-    def save_teacher(self, path: str | Path) -> None:
+    def save_encoder(self, path: str | Path) -> None:
         """Write the classifier's timm state dict (head included) as safetensors, atomically."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         blob = safetensors_bytes(state, metadata={"format": "pt", "num_classes": str(self.model.num_classes)})
         atomic_write(path, lambda f: f.write(blob))
 
 
-def load_teacher_classifier(encoder: EncoderConfig, path: str | Path) -> nn.Module | None:
-    """The teacher's full classifier (head included) from its checkpoint; None if it has no head."""
+def load_pretrained_classifier(encoder: EncoderConfig, path: str | Path) -> nn.Module | None:
+    """The pretrained encoder's full classifier (head included) from its export; None if it has no head."""
     state = load_file(str(path))
     if HEAD_WEIGHT not in state:
         return None
@@ -118,3 +142,109 @@ def load_teacher_classifier(encoder: EncoderConfig, path: str | Path) -> nn.Modu
 def classify_tokens(classifier: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Run a timm ViT's own final norm, pooling and head on last-block tokens (prefix + patch tokens)."""
     return classifier.forward_head(classifier.norm(torch.cat([prefix, tokens], dim=1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+def _num_classes(data: UniFlowDataModule) -> int:
+    if data.backend == "embedded":
+        from uniflow.data.embedded import NUM_CLASSES
+
+        return NUM_CLASSES
+    if data.backend == "folder":
+        data.setup("fit")
+        return len(getattr(data.train_set, "classes", []) or [])
+    raise ConfigError(
+        "encoder pretraining needs the number of classes, which only the embedded and folder backends "
+        "give; point tokenizer.encoder.checkpoint to a pretrained encoder and set pretrain.enabled=false"
+    )
+
+
+def _data(cfg: Any) -> StepDataModule:
+    # Only labelled images: the plain photo crops of the embedded mixture carry no class.
+    return StepDataModule(UniFlowDataModule.from_config(dataclasses.replace(cfg.data, photo_fraction=0.0)))
+
+
+def _module(cfg: Any) -> EncoderPretrainModule:
+    data = UniFlowDataModule.from_config(cfg.data)
+    return EncoderPretrainModule(
+        cfg.tokenizer.encoder, cfg.pretrain, cfg.optim, cfg.trainer.max_steps, _num_classes(data)
+    )
+
+
+def _export(module: EncoderPretrainModule, trainer: L.Trainer, path: Path) -> dict[str, Any]:
+    """Validate the final weights (if the last step was not a validation step) and save them (rank 0)."""
+    interval = min(module.trainer.val_check_interval, trainer.max_steps)
+    if trainer.global_step % interval != 0:
+        trainer.validate(module, datamodule=trainer.datamodule, verbose=False)
+    accuracy = trainer.callback_metrics.get("val/accuracy")
+    if trainer.is_global_zero:
+        module.save_encoder(path)
+    return {"val_accuracy": float(accuracy) if accuracy is not None else None}
+
+
+def _check(cfg: Any) -> None:
+    if cfg.tokenizer.encoder.backend != "timm":
+        raise ConfigError(
+            f"config key 'pretrain.enabled': encoder pretraining builds timm models, but "
+            f"tokenizer.encoder.backend is {cfg.tokenizer.encoder.backend!r}"
+        )
+    if cfg.data.backend == "ffcv":
+        raise ConfigError(
+            "config key 'pretrain.enabled': encoder pretraining reads class counts from the embedded or "
+            "folder backend, not ffcv; point tokenizer.encoder.checkpoint to a pretrained encoder instead"
+        )
+
+
+def export_path(cfg: Any) -> Path:
+    """Where a tokenizer config's pretrained encoder is: ``tokenizer.encoder.checkpoint``, else the pretrain run's export."""
+    explicit = cfg.tokenizer.encoder.checkpoint
+    return (
+        Path(explicit) if explicit else RunDirectory.of(cfg.output_dir, cfg.pretrain.name).export(EXPORT_NAME)
+    )
+
+
+def upstream_config(cfg: Any) -> Any:
+    """The pretrain-stage config a tokenizer config asks for: its ``pretrain`` section as a run of its own.
+
+    Same encoder architecture, data source and trainer; the pretrain recipe (optim, steps, batch,
+    labelled images only) from ``pretrain``. FSDP2 shards the tokenizer; the small classifier
+    trains with plain data parallelism.
+    """
+    from uniflow.stages import schema
+
+    p, trainer = cfg.pretrain, cfg.trainer
+    return schema("pretrain")(
+        stage="pretrain",
+        name=p.name,
+        seed=cfg.seed,
+        output_dir=cfg.output_dir,
+        resume="auto",
+        data=dataclasses.replace(
+            cfg.data, photo_fraction=0.0, num_train=p.num_train, batch_size=p.batch_size
+        ),
+        optim=p.optim,
+        trainer=dataclasses.replace(
+            trainer,
+            max_steps=p.max_steps,
+            strategy="auto" if trainer.strategy == "fsdp" else trainer.strategy,
+        ),
+        eval=cfg.eval,
+        tokenizer=cfg.tokenizer,
+        pretrain=p,
+    )
+
+
+STAGE = Stage(
+    name="pretrain",
+    description="supervised pretraining of a timm ViT encoder (a classifier) that a tokenizer then adapts",
+    # The encoder architecture is the tokenizer section's: the tokenizer config that asks for it
+    # and the pretrain run agree on it by construction.
+    sections={"tokenizer": TokenizerConfig, "pretrain": PretrainConfig},
+    module=_module,
+    data=_data,
+    export_name=EXPORT_NAME,
+    export=_export,
+    check=_check,
+)

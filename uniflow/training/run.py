@@ -1,13 +1,8 @@
-"""A training run: run directory, Trainer (strategy, precision, checkpoints, logs), the teacher and tokenizer stages.
+"""The machinery every stage shares: Trainer (strategy, precision, checkpoints, logs), resume, fit, export.
 
-Run directory ``<output_dir>/<name>/``::
-
-    config.yaml             the resolved configuration of the run
-    checkpoints/last.ckpt   Lightning checkpoint (written atomically; ``resume=auto`` continues from it)
-    tensorboard/            TensorBoard event files
-    tokenizer/              the exported tokenizer (EMA weights): UniFlowTokenizer.from_pretrained(...)
-    reconstructions.png     held-out photo crops: originals, then reconstructions
-    metrics.json            the summary numbers, timings and per-rank weight fingerprints
+:func:`run_stage` trains any :class:`uniflow.stages.Stage` in its run directory
+(:class:`uniflow.run_dir.RunDirectory`): the resolved config, atomic Lightning checkpoints,
+``resume=auto``, TensorBoard, the non-finite stop (in the modules), then the stage's export.
 """
 
 from __future__ import annotations
@@ -26,34 +21,23 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from uniflow.config import ConfigError, RunConfig, TrainerConfig, to_dict, to_yaml
-from uniflow.data.datamodule import UniFlowDataModule
+from uniflow.config import ConfigError, to_dict, to_yaml
+from uniflow.hardware import resolve_precision
 from uniflow.io import atomic_write_text, remove_stale_partials
-from uniflow.training.callbacks import ImagesPerSecond, ReconstructionGrid, StepProgressBar
+from uniflow.run_dir import RunDirectory
+from uniflow.stages import RunConfig, Stage
+from uniflow.training.callbacks import ImagesPerSecond, StepProgressBar
 from uniflow.training.checkpoint_io import AtomicCheckpointIO
-from uniflow.training.data import StepDataModule
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-TOKENIZER_DIR = "tokenizer"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-TEACHER_FILE = "teacher.safetensors"
+from uniflow.training.config import TrainerConfig
 
 
-def run_directory(output_dir: str, name: str) -> Path:
-    return Path(output_dir) / name
-
-
-def resume_checkpoint(resume: str | None, directory: Path) -> str | None:
-    """The checkpoint to continue from: ``auto`` -> ``last.ckpt`` if present; a path must exist."""
+def resume_checkpoint(resume: str | None, directory: RunDirectory) -> str | None:
+    """The checkpoint to continue from: ``auto`` -> the run's latest (or none: a fresh start); a path must exist."""
     if resume is None:
         return None
     if resume == "auto":
-        # last.ckpt, or a newer checkpoint that Lightning wrote on SLURM's requeue signal (hpc_ckpt_*).
-        found = [directory / CHECKPOINT_DIR / LAST, *directory.glob("hpc_ckpt_*.ckpt")]
-        found = [p for p in found if p.is_file()]
-        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+        latest = directory.latest_checkpoint()
+        return str(latest) if latest else None
     if not Path(resume).exists():
         raise ConfigError(f"config key 'resume': checkpoint not found: {resume}")
     return resume
@@ -97,7 +81,7 @@ def build_strategy(t: TrainerConfig, find_unused_parameters: bool = False) -> An
 
 def build_trainer(
     cfg: RunConfig,
-    directory: Path,
+    directory: RunDirectory,
     stage: str,
     max_steps: int,
     grad_clip: float,
@@ -105,7 +89,7 @@ def build_trainer(
     find_unused_parameters: bool = False,
 ) -> L.Trainer:
     t = cfg.trainer
-    checkpoints = directory / CHECKPOINT_DIR
+    checkpoints = directory.checkpoints
     remove_stale_partials(checkpoints)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoints,
@@ -115,13 +99,15 @@ def build_trainer(
         save_last=True,
         save_top_k=-1 if t.keep_step_checkpoints else 0,
     )
-    logger = TensorBoardLogger(save_dir=directory, name="tensorboard", version="", default_hp_metric=False)
+    logger = TensorBoardLogger(
+        save_dir=directory.root, name=directory.tensorboard.name, version="", default_hp_metric=False
+    )
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(t, find_unused_parameters),
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator).precision,
         max_steps=max_steps,
         # Training is one endless epoch (uniflow.training.data): validate by steps, not epochs.
         val_check_interval=min(t.val_every_n_steps, max_steps),
@@ -142,145 +128,66 @@ def build_trainer(
         ],
         logger=logger,
         plugins=[AtomicCheckpointIO()],
-        default_root_dir=directory,
+        default_root_dir=directory.root,
     )
 
 
-def _prepare(cfg: RunConfig, directory: Path) -> None:
+def _prepare(cfg: RunConfig, directory: RunDirectory) -> None:
     # The frozen teacher and the EMA copy are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.root.mkdir(parents=True, exist_ok=True)
 
 
-def _finish_fit(trainer: L.Trainer, directory: Path) -> None:
+def _finish_fit(trainer: L.Trainer, directory: RunDirectory) -> None:
     """Save the final state as last.ckpt (the last step need not be a checkpoint step).
 
     A Ctrl-C never gets here: Lightning shuts down and exits on KeyboardInterrupt, leaving the last
     periodic checkpoint for resume=auto.
     """
-    trainer.save_checkpoint(directory / CHECKPOINT_DIR / LAST)
+    trainer.save_checkpoint(directory.last_checkpoint)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-# --------------------------------------------------------------------------------------------------
-# Teacher stage
-# --------------------------------------------------------------------------------------------------
-def teacher_checkpoint_path(cfg: RunConfig) -> Path:
-    explicit = cfg.tokenizer.encoder.checkpoint
-    return Path(explicit) if explicit else run_directory(cfg.output_dir, cfg.teacher.name) / TEACHER_FILE
-
-
-def _num_classes(data: UniFlowDataModule) -> int:
-    if data.backend == "embedded":
-        from uniflow.data.embedded import NUM_CLASSES
-
-        return NUM_CLASSES
-    if data.backend == "folder":
-        data.setup("fit")
-        return len(getattr(data.train_set, "classes", []) or [])
-    raise ConfigError(
-        "teacher pretraining needs the number of classes, which only the embedded and folder backends give; "
-        "point tokenizer.encoder.checkpoint to a pretrained encoder and set teacher.enabled=false"
-    )
-
-
-def train_teacher(cfg: RunConfig, path: Path, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Train the supervised teacher and write its timm checkpoint to ``path``; returns its val accuracy."""
-    from uniflow.training.teacher import TeacherModule
-
-    t = cfg.teacher
-    directory = run_directory(cfg.output_dir, t.name)
-    _prepare(cfg, directory)
-    # Only labelled images: the plain photo crops of the embedded mixture carry no class.
-    data_cfg = dataclasses.replace(
-        cfg.data, photo_fraction=0.0, num_train=t.num_train, batch_size=t.batch_size
-    )
-    data = UniFlowDataModule.from_config(data_cfg)
-    module = TeacherModule(cfg.tokenizer.encoder, t, _num_classes(data))
-    # FSDP2 shards the tokenizer; the small classifier trains with plain data parallelism (it has no
-    # configure_model for ModelParallelStrategy to shard, and needs none).
-    if cfg.trainer.strategy == "fsdp":
-        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, strategy="auto"))
-    trainer = build_trainer(cfg, directory, "teacher", t.max_steps, t.grad_clip, callbacks)
-    if trainer.is_global_zero:
-        atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
-    datamodule = StepDataModule(data)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint("auto", directory))
-    _finish_fit(trainer, directory)
-    if trainer.global_step % min(cfg.trainer.val_every_n_steps, t.max_steps) != 0:  # last step not validated
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    accuracy = trainer.callback_metrics.get("val/accuracy")
-    if trainer.is_global_zero:
-        module.save_teacher(path)
-    trainer.strategy.barrier()
-    return {"val_accuracy": float(accuracy) if accuracy is not None else None, "steps": trainer.global_step}
-
-
-def with_teacher(cfg: RunConfig, path: Path) -> RunConfig:
-    encoder = dataclasses.replace(cfg.tokenizer.encoder, checkpoint=str(path))
-    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, encoder=encoder))
-
-
-# --------------------------------------------------------------------------------------------------
-# Tokenizer stage
-# --------------------------------------------------------------------------------------------------
 @dataclass
-class TokenizerRun:
-    """What the tokenizer stage leaves for the caller (rank 0 evaluates it)."""
+class StageResult:
+    """What a stage's run leaves for the caller (rank 0 summarises it)."""
 
-    directory: Path
+    directory: RunDirectory
     is_global_zero: bool
     steps: int
-    fingerprints: list[float] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _fingerprint(state: dict[str, torch.Tensor]) -> float:
-    """A scalar summary of all weights; equal on every rank when the replicas agree."""
-    return float(sum(v.double().abs().sum().item() for v in state.values()))
-
-
-def train_tokenizer(cfg: RunConfig, callbacks: Sequence[L.Callback] = ()) -> TokenizerRun:
-    """Train (or resume) the tokenizer of ``cfg`` and export it to ``<run>/tokenizer``."""
-    from uniflow.training.tokenizer_module import TokenizerModule
-
-    directory = run_directory(cfg.output_dir, cfg.name)
+def run_stage(stage: Stage, cfg: RunConfig, callbacks: Sequence[L.Callback] = ()) -> StageResult:
+    """Train (or resume) ``stage`` under ``cfg`` in its run directory, then export its product."""
+    directory = RunDirectory.of(cfg.output_dir, cfg.name)
     _prepare(cfg, directory)
     ckpt = resume_checkpoint(cfg.resume, directory)
-    data = StepDataModule(UniFlowDataModule.from_config(cfg.data))
-    module = TokenizerModule(cfg)
-    grids = ReconstructionGrid(cfg.trainer.image_every_n_steps, cfg.trainer.grid_sample_steps, seed=cfg.seed)
+    data = stage.data(cfg)
+    module = stage.module(cfg)
     trainer = build_trainer(
         cfg,
         directory,
-        "tokenizer",
+        stage.name,
         cfg.trainer.max_steps,
         cfg.optim.grad_clip,
-        [grids, *callbacks],
-        find_unused_parameters=not module.tokenizer.student.all_parameters_used,
+        [*stage.callbacks(cfg), *callbacks],
+        find_unused_parameters=stage.find_unused_parameters(cfg, module),
     )
     if trainer.is_global_zero:
-        atomic_write_text(directory / CONFIG_FILE, to_yaml(cfg))
+        atomic_write_text(directory.config, to_yaml(cfg))
         trainer.logger.log_hyperparams(_flat(to_dict(cfg)))  # type: ignore[union-attr]
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     _finish_fit(trainer, directory)
-    state = module.export_state()
-    fingerprints = [_fingerprint(state)]
-    if trainer.world_size > 1:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * trainer.world_size
-        dist.all_gather_object(gathered, fingerprints[0])
-        fingerprints = [float(x) for x in gathered]
-    if trainer.is_global_zero:
-        module.export(directory / TOKENIZER_DIR, state)
+    metrics = stage.export(module, trainer, directory.export(stage.export_name))
     trainer.strategy.barrier()
-    return TokenizerRun(directory, trainer.is_global_zero, trainer.global_step, fingerprints)
+    return StageResult(directory, trainer.is_global_zero, trainer.global_step, metrics)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

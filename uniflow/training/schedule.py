@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from uniflow.training.config import SCHEDULES
+
 
 def warmup_cosine(
     max_steps: int, warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.0
@@ -17,8 +19,8 @@ def warmup_cosine(
     Warm-up rises linearly from 1/warmup to 1 (never 0, so the first step already moves); the cosine
     then falls from 1 to ``min_ratio`` at ``max_steps``.
     """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
     warmup = max(0, min(warmup_steps, max_steps))

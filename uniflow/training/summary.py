@@ -22,12 +22,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import make_grid
 
-from uniflow.config import RunConfig
 from uniflow.data.datamodule import heldout_photo_crops, heldout_scenes, probe_train_scenes
 from uniflow.encoders import EncoderFeatures, build_encoder
 from uniflow.metrics import psnr, ssim
+from uniflow.stages import RunConfig
 from uniflow.tokenizer import UniFlowTokenizer
-from uniflow.training.teacher import classify_tokens, load_teacher_classifier
+from uniflow.training.pretrain import classify_tokens, load_pretrained_classifier
 
 GRID_FILE = "reconstructions.png"
 
@@ -153,7 +153,7 @@ def evaluate_tokenizer(
     result["token_cosine_student_teacher"] = float(torch.stack(cosines).mean())
 
     checkpoint = cfg.tokenizer.encoder.checkpoint
-    classifier = load_teacher_classifier(cfg.tokenizer.encoder, checkpoint) if checkpoint else None
+    classifier = load_pretrained_classifier(cfg.tokenizer.encoder, checkpoint) if checkpoint else None
     if classifier is not None:
         result["teacher_head"] = {
             "data": f"{s.probe_test} held-out scenes",
@@ -179,4 +179,6 @@ def format_summary(result: dict[str, Any]) -> str:
             f"on student tokens {100 * head['student']:.1f}%"
         )
     lines.append(f"student-teacher token cosine: {result['token_cosine_student_teacher']:.3f}")
+    if "precision" in result:
+        lines.append(f"precision: {result['precision']['precision']} ({result['precision']['reason']})")
     return "\n".join(lines)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torchmetrics import MeanMetric
 
-from uniflow.config import RunConfig, TokenizerConfig
 from uniflow.metrics import psnr, ssim
+from uniflow.stages import RunConfig
 from uniflow.tokenizer import UniFlowTokenizer
+from uniflow.tokenizer.config import TokenizerConfig
 from uniflow.tokenizer.model import TRAINING_ONLY_PREFIXES
 from uniflow.training.ema import copy_weights, ema_decay_at, ema_update
 from uniflow.training.finite import check_finite
@@ -129,6 +130,9 @@ class TokenizerModule(L.LightningModule):
             for layer, alpha, weight in zip(out["layers"], out["alpha"], out["weight"]):
                 self.log(f"alpha/layer{layer:02d}", alpha)
                 self.log(f"weight/layer{layer:02d}", weight)
+            # 1 for the paper's and softmax normalisations; below 1 for the figure's (w^base * softmax),
+            # which then scales lambda_d down by this factor: an ablation must not change it unseen.
+            self.log("weight/sum", out["weight"].sum())
         return out["total"]
 
     def configure_gradient_clipping(

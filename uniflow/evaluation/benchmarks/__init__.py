@@ -1,9 +1,7 @@
-"""Benchmark adapters (dataset reader + metric); importing this package registers every entry.
+"""Benchmark adapters (dataset reader + metric), each module exporting its entries as ``BENCHMARKS``.
 
-Lives inside the installed package so ``python -m uniflow eval`` works from any directory; the
-repository's top-level ``benchmarks/`` holds performance benchmarks and published results.
+Importing this package registers nothing: :mod:`uniflow.evaluation.registry` lists the adapter
+modules and builds the registry from their exports. It lives inside the installed package so
+``python -m uniflow eval`` works from any directory; the repository's top-level ``benchmarks/`` is
+where a user reads about the suite (benchmarks/README.md) and finds the speed benchmarks.
 """
-
-from uniflow.evaluation.benchmarks import generation, pending, reconstruction
-
-__all__ = ["generation", "pending", "reconstruction"]

@@ -1,9 +1,9 @@
 """Generation metrics: gFID and Inception Score of a sample source against ADM's ImageNet-256 reference.
 
 A sample source yields uint8 images with sample indices, sharded over ranks. Today's source is an
-ADM-format ``.npz`` made elsewhere (``eval.generation_samples``); a generator on UniFlow latents will
+ADM-format ``.npz`` made elsewhere (``eval.data.imagenet_gen``); a generator on UniFlow latents will
 be another source, whose samples :func:`score_samples` also writes as ADM ``.npz`` files so ADM's
-TensorFlow evaluator can check the number. Protocol (UNIFLOW.md section 5): 50k samples, 50 per
+TensorFlow evaluator can check the number. Protocol (docs/evaluation.md): 50k samples, 50 per
 class, against the ADM reference batch; sampler, steps, guidance and precision stated with it.
 """
 
@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import torch
 
-from uniflow.config import ConfigError, EvalConfig
+from uniflow.config import ConfigError
 from uniflow.evaluation import references
 from uniflow.evaluation.benchmarks.readers import Batch
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.context import EvalContext
-from uniflow.evaluation.registry import Benchmark, register
+from uniflow.evaluation.entry import Benchmark
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
 from uniflow.metrics import AdmNpzWriter, FIDMetric, ReferenceStats
 from uniflow.metrics.reference import iter_npz_batches, read_npy_header
@@ -124,37 +125,49 @@ def score_samples(
     return BenchmarkRun(metrics, data, notes)
 
 
+NAME = "imagenet_gen"
+_KEYS = (
+    (f"eval.data.{NAME}", "data", "an ADM .npz of samples"),
+    (f"eval.fid_reference.{NAME}", "fid_reference", "ADM's reference batch, VIRTUAL_imagenet256_labeled.npz"),
+)
+
+
 def _check(cfg: EvalConfig) -> None:
-    for key in ("generation_samples", "adm_reference"):
-        value = getattr(cfg, key)
+    for key, field_name, what in _KEYS:
+        value = getattr(cfg, field_name).get(NAME)
         if value is None:
             raise ConfigError(
-                f"benchmark imagenet_gen needs eval.{key}; there is no generator on UniFlow latents yet, "
-                "so it scores an ADM .npz of samples (eval.generation_samples) against ADM's reference "
-                "batch (eval.adm_reference, VIRTUAL_imagenet256_labeled.npz)"
+                f"benchmark {NAME} needs {key} ({what}); there is no generator on UniFlow latents yet, "
+                f"so it scores an ADM .npz of samples (eval.data.{NAME}) against ADM's reference batch "
+                f"(eval.fid_reference.{NAME})"
             )
         if not Path(value).is_file():
-            raise ConfigError(f"eval.{key} not found: {value}")
+            raise ConfigError(f"{key} not found: {value}")
 
 
 def _run(ctx: EvalContext) -> BenchmarkRun:
-    reference = ReferenceStats.load(ctx.cfg.adm_reference, ctx.inception(), ctx.cfg.batch_size)
-    return score_samples(ctx, NpzSamples(ctx.cfg.generation_samples), reference)
+    reference = ReferenceStats.load(ctx.cfg.fid_reference[NAME], ctx.inception(), ctx.cfg.batch_size)
+    return score_samples(ctx, NpzSamples(ctx.cfg.data[NAME]), reference)
 
 
-register(
+BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
-        name="imagenet_gen",
+        name=NAME,
         family="generation",
         title="ImageNet 256 class-conditional, 50k samples",
         metrics=("gFID", "IS"),
         references=references.IMAGENET_GENERATION,
         paper=True,
+        data="an ADM-format .npz of generated samples (uint8 arr_0, N x 256 x 256 x 3; 50 per class)",
+        fid_reference=(
+            "ADM's ImageNet 256 reference batch, VIRTUAL_imagenet256_labeled.npz (its mu/sigma), "
+            "or `python -m uniflow data ref-stats` statistics"
+        ),
         hint=(
-            "no generator on UniFlow latents exists yet; to score an ADM .npz of samples set "
-            "eval.generation_samples and eval.adm_reference and add imagenet_gen to eval.benchmarks"
+            f"no generator on UniFlow latents exists yet; to score an ADM .npz of samples set "
+            f"eval.data.{NAME} and eval.fid_reference.{NAME} and add {NAME} to eval.benchmarks"
         ),
         run=_run,
         check=_check,
-    )
+    ),
 )

@@ -1,9 +1,10 @@
 """Reconstruction benchmarks: rFID, PSNR, SSIM (and LPIPS) of tokenizer reconstructions of held-out images.
 
 rFID compares the reconstructions with the same images they reconstruct (centre-cropped the ADM way
-for ImageNet and COCO), never with ADM's VIRTUAL reference batch (UNIFLOW.md section 5). The
-originals' statistics come from a ``ref-stats`` file of those images when one is given, from the
-cache for the embedded sets, or from the originals streamed alongside the reconstructions.
+for ImageNet and COCO), never with ADM's VIRTUAL reference batch, which gives 2-4x worse numbers
+(docs/evaluation.md). The originals' statistics come from a ``data ref-stats`` file of those images when
+one is given (``eval.fid_reference.<benchmark>``), from the cache for the embedded sets, or from the
+originals streamed alongside the reconstructions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniflow.config import ConfigError, EvalConfig
+from uniflow.config import ConfigError
 from uniflow.evaluation import reference_cache, references
 from uniflow.evaluation.benchmarks.readers import (
     AdmFolderImages,
@@ -23,9 +24,11 @@ from uniflow.evaluation.benchmarks.readers import (
     ffcv_batches,
     sharded_batches,
 )
+from uniflow.evaluation.config import EvalConfig
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.distributed import all_ranks_agree
-from uniflow.evaluation.registry import Benchmark, register
+from uniflow.evaluation.entry import Benchmark
+from uniflow.evaluation.references import Reference
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
 from uniflow.metrics import FIDMetric, ReconstructionMetrics, ReferenceStats, to_uint8
 
@@ -85,7 +88,7 @@ def _checked_reference(path: str, total: int, preprocessing: str) -> ReferenceSt
     if count != total or made != preprocessing:
         raise ConfigError(
             f"reference statistics {path} describe {count} images ({made}); this evaluation uses {total} "
-            f"({preprocessing}). Build matching ones with `python -m uniflow ref-stats`, or leave the "
+            f"({preprocessing}). Build matching ones with `python -m uniflow data ref-stats`, or leave the "
             "reference unset to compute them from the originals"
         )
     return stats
@@ -195,43 +198,37 @@ def _run_embedded(ctx: EvalContext, name: str, kind: str) -> BenchmarkRun:
 EMBEDDED_METRICS = ("rFID", "PSNR", "SSIM", "LPIPS")
 
 
-def _register_embedded(name: str, kind: str, title: str) -> None:
+def _embedded(name: str, kind: str, title: str) -> Benchmark:
     def check(cfg: EvalConfig) -> None:
         _embedded_count(cfg, name)
 
-    register(
-        Benchmark(
-            name=name,
-            family="reconstruction",
-            title=title,
-            metrics=EMBEDDED_METRICS,
-            references=references.embedded(EMBEDDED_METRICS),
-            paper=False,
-            hint=f"add {name} to eval.benchmarks",
-            run=lambda ctx: _run_embedded(ctx, name, kind),
-            check=check,
-        )
+    return Benchmark(
+        name=name,
+        family="reconstruction",
+        title=title,
+        metrics=EMBEDDED_METRICS,
+        references=references.embedded(EMBEDDED_METRICS),
+        paper=False,
+        hint=f"add {name} to eval.benchmarks",
+        run=lambda ctx: _run_embedded(ctx, name, kind),
+        check=check,
     )
 
 
-_register_embedded("embedded_photos", "photos", "held-out real-photo crops (embedded), tokenizer resolution")
-_register_embedded("embedded_scenes", "scenes", "held-out embedded scenes, tokenizer resolution")
-
-
 # ------------------------------------------------------------------------------- ImageNet and COCO
-def _path_check(cfg: EvalConfig, name: str, data_key: str, reference_key: str) -> None:
-    value = getattr(cfg, data_key)
+def _path_check(cfg: EvalConfig, name: str) -> None:
+    value = cfg.data.get(name)
     if value is None:
-        raise ConfigError(f"benchmark {name} needs eval.{data_key}: an image folder or an FFCV .beton")
+        raise ConfigError(f"benchmark {name} needs eval.data.{name}: an image folder or an FFCV .beton")
     if not Path(value).exists():
-        raise ConfigError(f"eval.{data_key} not found: {value}")
-    reference = getattr(cfg, reference_key)
+        raise ConfigError(f"eval.data.{name} not found: {value}")
+    reference = cfg.fid_reference.get(name)
     if reference is not None and not Path(reference).is_file():
-        raise ConfigError(f"eval.{reference_key} not found: {reference}")
+        raise ConfigError(f"eval.fid_reference.{name} not found: {reference}")
 
 
-def _run_dataset(ctx: EvalContext, name: str, data_key: str, reference_key: str, lpips: bool) -> BenchmarkRun:
-    path = Path(getattr(ctx.cfg, data_key))
+def _run_dataset(ctx: EvalContext, name: str, lpips: bool) -> BenchmarkRun:
+    path = Path(ctx.cfg.data[name])
     num, size = ctx.cfg.num_samples.get(name), ctx.cfg.image_size
     workers, batch_size = ctx.cfg.num_workers, ctx.cfg.batch_size
     if path.suffix == ".beton":
@@ -242,7 +239,7 @@ def _run_dataset(ctx: EvalContext, name: str, data_key: str, reference_key: str,
         images = AdmFolderImages(path, size, num)
         batches = sharded_batches(images, ctx.rank, ctx.world_size, batch_size, workers)
         total, available, preprocessing = len(images), images.total_in_folder, images.description
-    reference_path = getattr(ctx.cfg, reference_key)
+    reference_path = ctx.cfg.fid_reference.get(name)
     reference = _checked_reference(reference_path, total, preprocessing) if reference_path else None
     data = {"dataset": str(path), "image_size": size}
     if total < available:
@@ -252,29 +249,51 @@ def _run_dataset(ctx: EvalContext, name: str, data_key: str, reference_key: str,
     )
 
 
-register(
-    Benchmark(
-        name="imagenet_recon",
-        family="reconstruction",
-        title="ImageNet-1K val 50k, 256 px",
-        metrics=("rFID", "PSNR", "SSIM", "LPIPS"),
-        references=references.IMAGENET_RECONSTRUCTION,
-        paper=True,
-        hint="set eval.imagenet_val and add imagenet_recon to eval.benchmarks",
-        run=lambda ctx: _run_dataset(ctx, "imagenet_recon", "imagenet_val", "imagenet_reference", lpips=True),
-        check=lambda cfg: _path_check(cfg, "imagenet_recon", "imagenet_val", "imagenet_reference"),
-    )
+_FOLDER_OR_BETON = (
+    "an image folder (searched recursively; ADM centre crop to eval.image_size) or an FFCV .beton "
+    "(`python -m uniflow data write-ffcv`; FFCV's centre crop)"
 )
-register(
-    Benchmark(
-        name="coco_recon",
+_SAME_IMAGES = (
+    "optional: `python -m uniflow data ref-stats` statistics of the same cropped images (count and "
+    "preprocessing are checked); skips the originals' Inception pass"
+)
+
+
+def _dataset(
+    name: str, title: str, metrics: tuple[str, ...], refs: tuple[Reference, ...], data: str, lpips: bool
+) -> Benchmark:
+    return Benchmark(
+        name=name,
         family="reconstruction",
-        title="MS-COCO 2017 val, 256 px",
-        metrics=("rFID", "PSNR", "SSIM"),
-        references=references.COCO_RECONSTRUCTION,
+        title=title,
+        metrics=metrics,
+        references=refs,
         paper=True,
-        hint="set eval.coco_val and add coco_recon to eval.benchmarks",
-        run=lambda ctx: _run_dataset(ctx, "coco_recon", "coco_val", "coco_reference", lpips=False),
-        check=lambda cfg: _path_check(cfg, "coco_recon", "coco_val", "coco_reference"),
+        data=f"{data}: {_FOLDER_OR_BETON}",
+        fid_reference=_SAME_IMAGES,
+        hint=f"set eval.data.{name} and add {name} to eval.benchmarks",
+        run=lambda ctx: _run_dataset(ctx, name, lpips=lpips),
+        check=lambda cfg: _path_check(cfg, name),
     )
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    _embedded("embedded_photos", "photos", "held-out real-photo crops (embedded), tokenizer resolution"),
+    _embedded("embedded_scenes", "scenes", "held-out embedded scenes, tokenizer resolution"),
+    _dataset(
+        "imagenet_recon",
+        "ImageNet-1K val 50k, 256 px",
+        ("rFID", "PSNR", "SSIM", "LPIPS"),
+        references.IMAGENET_RECONSTRUCTION,
+        "the 50k ImageNet-1K validation images (val/, flat or in class folders)",
+        lpips=True,
+    ),
+    _dataset(
+        "coco_recon",
+        "MS-COCO 2017 val, 256 px",
+        ("rFID", "PSNR", "SSIM"),
+        references.COCO_RECONSTRUCTION,
+        "the 5k COCO 2017 validation images (val2017/*.jpg)",
+        lpips=False,
+    ),
 )

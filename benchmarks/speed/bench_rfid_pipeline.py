@@ -1,6 +1,6 @@
 """Throughput of the rFID feature pipeline: 256 px batches straight into Inception and float64 statistics.
 
-    .venv/bin/python benchmarks/bench_rfid_pipeline.py [--images 64] [--batch-size 32] [--device cpu] [--no-fidelity]
+    .venv/bin/python benchmarks/speed/bench_rfid_pipeline.py [--images 64] [--batch-size 32] [--device cpu] [--no-fidelity]
 
 Prints a Markdown table of images/s. Unless ``--no-fidelity``, the same images also go through the
 folder-based route that most tokenizer repositories take (write PNGs, then torch-fidelity's own

@@ -1,6 +1,6 @@
 """Data-loading throughput: FFCV vs folder backend, same JPEGs, training pipeline, images/s.
 
-    .venv/bin/python benchmarks/bench_data_loading.py [--images 2000] [--workers 2] [--batch-size 64] [--epochs 5]
+    .venv/bin/python benchmarks/speed/bench_data_loading.py [--images 2000] [--workers 2] [--batch-size 64] [--epochs 5]
 
 Writes ``--images`` JPEGs (crops of the real photos shipped with scikit-image/scikit-learn, 300-500 px
 sides, quality 90, one class per photo) to a temporary ImageFolder tree, converts it to FFCV files, and
