@@ -100,6 +100,7 @@ def _generation(root: Path) -> dict[str, Any]:
 BENCHMARK_FIXTURES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "embedded_photos": _embedded("embedded_photos"),
     "embedded_scenes": _embedded("embedded_scenes"),
+    "embedded_drift": _embedded("embedded_drift"),
     "imagenet_recon": _folder("imagenet_recon"),
     "coco_recon": _folder("coco_recon"),
     "imagenet_gen": _generation,

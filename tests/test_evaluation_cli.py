@@ -32,7 +32,14 @@ def test_registry_holds_the_papers_13_benchmarks_with_families_and_references():
             assert len(own) == 1 and (own[0].value or own[0].note), (bench.name, metric)
         assert (bench.run is None) == bool(bench.pending), bench.name
     runnable = {b.name for b in entries if b.run}
-    assert runnable == {"embedded_photos", "embedded_scenes", "imagenet_recon", "coco_recon", "imagenet_gen"}
+    assert runnable == {
+        "embedded_photos",
+        "embedded_scenes",
+        "embedded_drift",
+        "imagenet_recon",
+        "coco_recon",
+        "imagenet_gen",
+    }
 
 
 def test_config_mistakes_are_config_errors_naming_the_key_or_the_valid_names(tmp_path):
@@ -102,7 +109,7 @@ def test_without_arguments_the_newest_run_is_evaluated(tmp_path, monkeypatch):
     os.utime(new / "model.safetensors", (1e9, 1e9))
     cfg, tokenizer_dir, name = _resolve([])
     assert (tokenizer_dir, name) == (Path("runs/old/tokenizer"), "old")
-    assert cfg.eval.benchmarks == ["embedded_photos", "embedded_scenes"]
+    assert cfg.eval.benchmarks == ["embedded_photos", "embedded_scenes", "embedded_drift"]
 
 
 def test_command_end_to_end_with_the_real_inception(tmp_path, monkeypatch, capsys, inception_weights):

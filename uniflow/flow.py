@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+SAMPLERS = ("euler", "heun")
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``v(x_t, t)`` with ``t`` of shape ``(batch,)``; returns a tensor shaped like ``x_t``."""
 
@@ -106,8 +108,8 @@ def sample(
     shift: float = 1.0,
 ) -> torch.Tensor:
     """Integrate from ``noise`` at t = 1 to t = 0 with ``steps`` Euler or Heun steps on the ``shift``-ed grid."""
-    if sampler not in ("euler", "heun"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'euler' or 'heun'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     times = time_grid(steps, noise.device, shift=shift)
     x = noise
     batch = noise.shape[0]

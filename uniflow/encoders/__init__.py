@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from uniflow.encoders.base import EncoderAdapter, EncoderFeatures, load_state_dict_file, require_file
-from uniflow.tokenizer.config import EncoderConfig
+from uniflow.tokenizer.config import ENCODER_BACKENDS, EncoderConfig
 
 
 def build_encoder(cfg: EncoderConfig) -> EncoderAdapter:
@@ -20,7 +20,7 @@ def build_encoder(cfg: EncoderConfig) -> EncoderAdapter:
         from uniflow.encoders.hf_encoder import HFEncoder
 
         return HFEncoder(cfg)
-    raise ValueError(f"unknown encoder backend {cfg.backend!r}; choose one of ['timm', 'open_clip', 'hf']")
+    raise ValueError(f"unknown encoder backend {cfg.backend!r}; choose one of {list(ENCODER_BACKENDS)}")
 
 
 __all__ = ["EncoderAdapter", "EncoderFeatures", "build_encoder", "load_state_dict_file", "require_file"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from uniflow.config import choice
-from uniflow.tokenizer.config import SAMPLERS
+from uniflow.flow import SAMPLERS
 
 EVAL_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
@@ -23,7 +23,9 @@ class EvalConfig:
 
     # Registry names (``python -m uniflow eval --list``): embedded_photos, embedded_scenes,
     # imagenet_recon, coco_recon, imagenet_gen, ...
-    benchmarks: list[str] = field(default_factory=lambda: ["embedded_photos", "embedded_scenes"])
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["embedded_photos", "embedded_scenes", "embedded_drift"]
+    )
     # A ``save_pretrained`` tokenizer directory; None: <output_dir>/<name>/tokenizer.
     tokenizer: str | None = None
     # Decoding; None keeps the tokenizer's own (tokenizer.flow.steps / sampler).
@@ -40,7 +42,7 @@ class EvalConfig:
     # Samples per benchmark. Embedded sets are generated, so they need a count; a dataset on disk
     # without an entry is evaluated in full. rFID from a few hundred samples is noisy and biased up.
     num_samples: dict[str, int] = field(
-        default_factory=lambda: {"embedded_photos": 200, "embedded_scenes": 200}
+        default_factory=lambda: {"embedded_photos": 200, "embedded_scenes": 200, "embedded_drift": 256}
     )
     # Side of the ADM centre crop for ImageNet and COCO (the paper's 256 px protocol).
     image_size: int = 256

@@ -38,6 +38,7 @@ __all__ = [
 ADAPTERS: tuple[str, ...] = (
     "uniflow.evaluation.benchmarks.reconstruction",
     "uniflow.evaluation.benchmarks.generation",
+    "uniflow.evaluation.benchmarks.drift",
     "uniflow.evaluation.benchmarks.pending",
 )
 

@@ -1,7 +1,9 @@
-"""Generators on the tokenizer's latents: a flow transformer, an autoregressive model, latent statistics."""
+"""Generators on the tokenizer's latents: a flow transformer, an autoregressive model, latent statistics,
+the latent cache they train on."""
 
 from uniflow.generation.ar import ARFLOW_SIZES, ARFlow, generation_masks, unmasking_schedule
 from uniflow.generation.dit import FLOWDIT_SIZES, FlowDiT
+from uniflow.generation.latent_cache import LatentShards, encode_latents
 from uniflow.generation.latent_stats import LatentNormalizer
 
 __all__ = [
@@ -10,6 +12,8 @@ __all__ = [
     "ARFlow",
     "FlowDiT",
     "LatentNormalizer",
+    "LatentShards",
+    "encode_latents",
     "generation_masks",
     "unmasking_schedule",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from uniflow.config import choice, load_config, read_yaml
+from uniflow.flow import SAMPLERS
 
 ENCODER_BACKENDS = ("timm", "open_clip", "hf")
 # adaptive: w_l from beta and alpha_l; hierarchical: w_l = l/L normalised; uniform: 1/L;
@@ -20,7 +21,6 @@ ENCODER_BACKENDS = ("timm", "open_clip", "hf")
 DISTILL_MODES = ("adaptive", "hierarchical", "uniform", "last", "none")
 # How the adaptive weights are normalised (paper text; framework figure; a later author repository).
 DISTILL_NORMALIZATIONS = ("paper", "figure", "softmax_product")
-SAMPLERS = ("euler", "heun")
 
 
 @dataclass
