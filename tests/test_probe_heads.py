@@ -18,14 +18,8 @@ from uniflow.understanding.heads import (
 DIM = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The detector's many small convolutions and RoI ops lose seconds to intra-op thread hand-offs on a
-    # busy 2-core machine; one thread runs this file in a fraction of the time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy 2-core machine intra-op thread hand-offs cost more than the arithmetic.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokens(batch=2, grid=(4, 4), dim=DIM):

@@ -16,15 +16,8 @@ from uniflow.metrics.dense import (
 from uniflow.metrics.detection import coco_box_map
 from uniflow.metrics.drift import LayerDrift, SemanticDrift, linear_cka
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: on a busy 2-core machine, intra-op thread hand-offs cost more than the
-    # arithmetic (a 100 x 8 float64 product took 0.15 s with two threads, 0.3 ms with one).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy 2-core machine intra-op thread hand-offs cost more than the arithmetic.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ segmentation

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniflow import flow
+from uniflow.generation.conditioning import ClassConditionedLatents
 from uniflow.nn import sincos_2d_position_embedding
 from uniflow.nn.dit_blocks import LayerKVCache, PreNormBlock
 from uniflow.tokenizer.decoder import PatchFlowHead, patchify, unpatchify
@@ -100,7 +101,7 @@ def generation_masks(order: torch.Tensor, schedule: list[int]) -> Iterator[torch
         before = after
 
 
-class ARFlow(nn.Module):
+class ARFlow(ClassConditionedLatents, nn.Module):
     """Class-conditional AR model over the ``patch_size``-patches of ``B x C x h x w`` latents."""
 
     def __init__(
@@ -171,10 +172,6 @@ class ARFlow(nn.Module):
             **kwargs,
         )
 
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
     # -- the transformer ----------------------------------------------------------------------
 
     def _prefix(self, labels: torch.Tensor) -> torch.Tensor:
@@ -195,27 +192,11 @@ class ARFlow(nn.Module):
 
     # -- training -----------------------------------------------------------------------------
 
-    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace each label by the null class with probability ``class_dropout``."""
-        if self.class_dropout == 0.0:
-            return labels
-        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.class_dropout
-        return torch.where(drop, torch.full_like(labels, self.null_class), labels)
-
-    def _check_latents(self, z: torch.Tensor, labels: torch.Tensor) -> None:
-        expected = (self.in_channels, *self.input_size)
-        if z.dim() != 4 or tuple(z.shape[1:]) != expected:
-            raise ValueError(f"expected latents B x {' x '.join(map(str, expected))}, got {tuple(z.shape)}")
-        if labels.shape != (z.shape[0],):
-            raise ValueError(
-                f"expected one label per latent, shape ({z.shape[0]},), got {tuple(labels.shape)}"
-            )
-
     def training_loss(
         self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Flow-matching loss of the head on the predicted tokens: the masked ones (random order) or all (raster)."""
-        self._check_latents(z, labels)
+        self.check_latents(z, labels)
         tokens = patchify(z, self.patch_size)
         b, n, _ = tokens.shape
         prefix = self._prefix(self.drop_labels(labels, generator))

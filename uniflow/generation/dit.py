@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniflow import flow
+from uniflow.generation.conditioning import ClassConditionedLatents
 from uniflow.nn import FinalAdaLNLayer, TimestepEmbedder, sincos_2d_position_embedding
 from uniflow.nn.dit_blocks import AdaLNZeroBlock
 from uniflow.nn.rope import rope_2d_table
@@ -45,7 +46,7 @@ FLOWDIT_SIZES: dict[str, DiTSize] = {
 }
 
 
-class FlowDiT(nn.Module):
+class FlowDiT(ClassConditionedLatents, nn.Module):
     """v(x_t, t, class) on latents ``B x C x h x w``, tokenised by ``patch_size`` x ``patch_size`` patches."""
 
     def __init__(
@@ -132,10 +133,6 @@ class FlowDiT(nn.Module):
             **kwargs,
         )
 
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Velocity ``B x C x h x w`` at noisy latents ``x_t``, times ``t`` (``B``) and labels (``B``, null allowed)."""
         tokens = patchify(x_t, self.patch_size)
@@ -155,27 +152,11 @@ class FlowDiT(nn.Module):
         out = self.final(x, cond)
         return unpatchify(out, self.grid, self.patch_size, self.in_channels)
 
-    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace each label by the null class with probability ``class_dropout`` (training for guidance)."""
-        if self.class_dropout == 0.0:
-            return labels
-        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.class_dropout
-        return torch.where(drop, torch.full_like(labels, self.null_class), labels)
-
-    def _check_latents(self, z: torch.Tensor, labels: torch.Tensor) -> None:
-        expected = (self.in_channels, *self.input_size)
-        if z.dim() != 4 or tuple(z.shape[1:]) != expected:
-            raise ValueError(f"expected latents B x {' x '.join(map(str, expected))}, got {tuple(z.shape)}")
-        if labels.shape != (z.shape[0],):
-            raise ValueError(
-                f"expected one label per latent, shape ({z.shape[0]},), got {tuple(labels.shape)}"
-            )
-
     def training_loss(
         self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Mean squared error of the predicted velocity against ``eps - z`` at shifted logit-normal times."""
-        self._check_latents(z, labels)
+        self.check_latents(z, labels)
         prob, mean, std = self.logit_normal
         t = flow.sample_time(z.shape[0], prob, mean, std, z.device, generator, shift=self.shift)
         noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
@@ -209,7 +190,7 @@ class FlowDiT(nn.Module):
                 device=param.device,
                 generator=generator,
             )
-        self._check_latents(noise, labels)
+        self.check_latents(noise, labels)
         null = torch.full_like(labels, self.null_class)
         guided = flow.classifier_free_guidance(
             lambda x, t: self(x, t, labels), lambda x, t: self(x, t, null), cfg_scale, guidance_interval
