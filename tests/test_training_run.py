@@ -168,3 +168,21 @@ def test_encoder_pretraining_of_an_fsdp_run_trains_with_plain_data_parallelism(m
     assert upstream.trainer.strategy == "auto" and upstream.stage == "pretrain"
     result = run_stage(stages.get("pretrain"), upstream)
     assert result.directory.export("encoder.safetensors").is_file()
+
+
+def test_encoder_pretraining_writes_where_tokenizer_encoder_checkpoint_points(micro_run, tmp_path):
+    path, overrides = micro_run
+    target = tmp_path / "elsewhere" / "encoder.safetensors"
+    cfg = load_config(
+        path,
+        [
+            *overrides,
+            "pretrain.enabled=true",
+            f"tokenizer.encoder.checkpoint={target}",
+            "summary.enabled=false",
+        ],
+    )
+    run(cfg)
+    assert target.is_file()
+    run_dir = Path(cfg.output_dir) / cfg.name
+    assert load_config(run_dir / "config.yaml").tokenizer.encoder.checkpoint == str(target)

@@ -15,6 +15,7 @@ import torch
 
 from uniflow.config import ConfigError
 from uniflow.data.datamodule import UniFlowDataModule
+from uniflow.io import atomic_write_bytes
 from uniflow.stages import Stage
 from uniflow.tokenizer.config import TokenizerConfig
 from uniflow.tokenizer.model import WEIGHTS_FILE
@@ -87,7 +88,7 @@ def _prepare(cfg: Any, metrics: dict[str, Any]) -> Any:
         produced = result.directory.export(get("pretrain").export_name)
         if produced != path:  # tokenizer.encoder.checkpoint named another place for it
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(produced.read_bytes())
+            atomic_write_bytes(path, produced.read_bytes())
     encoder = dataclasses.replace(cfg.tokenizer.encoder, checkpoint=str(path))
     return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, encoder=encoder))
 
