@@ -2,6 +2,8 @@
 on this CPU's own instructions and capped to AVX2 (what a laptop without AVX512-BF16 runs).
 
     python benchmarks/speed/bench_train_throughput.py [--config experiments/tokenizer/embedded.yaml] [--steps 20]
+    python benchmarks/speed/bench_train_throughput.py --isa native --set tokenizer.decoder.width=256 \
+        tokenizer.decoder.head_width=256 tokenizer.decoder.gtb_heads=4     # the previous 256-wide decoder
 
 The AVX2 rows cap the kernel dispatch of oneDNN, MKL and PyTorch's own kernels to AVX2
 (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, ATEN_CPU_CAPABILITY), which reproduces the emulated
@@ -31,7 +33,7 @@ DEFAULT_CONFIG = ROOT / "experiments" / "tokenizer" / "embedded.yaml"
 AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
-def measure(config: str, threads: int, precision: str, steps: int, warmup: int) -> dict:
+def measure(config: str, overrides: list[str], threads: int, precision: str, steps: int, warmup: int) -> dict:
     """Runs in the child process: images/s over ``steps`` timed steps and the peak RSS."""
     import torch
 
@@ -42,7 +44,7 @@ def measure(config: str, threads: int, precision: str, steps: int, warmup: int) 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     # A random encoder: throughput does not depend on the teacher's weights.
-    cfg = load_config(config, ["pretrain.enabled=false", "tokenizer.encoder.checkpoint=null"])
+    cfg = load_config(config, ["pretrain.enabled=false", "tokenizer.encoder.checkpoint=null", *overrides])
     module = TokenizerModule(cfg).train()
     optimizer = module.configure_optimizers()["optimizer"]
     batch = cfg.data.batch_size
@@ -74,6 +76,7 @@ def measure(config: str, threads: int, precision: str, steps: int, warmup: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -81,7 +84,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("THREADS", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.config, int(args.child[0]), args.child[1], args.steps, args.warmup)
+        result = measure(args.config, args.set, int(args.child[0]), args.child[1], args.steps, args.warmup)
         print(json.dumps(result))
         return
 
@@ -91,7 +94,7 @@ def main() -> None:
             for threads in args.threads:
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(AVX2_CAPS if isa == "avx2" else {})}
                 cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--child", str(threads), precision]  # fmt: skip
+                       "--warmup", str(args.warmup), "--child", str(threads), precision, "--set", *args.set]  # fmt: skip
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
                 rows.append((isa, precision, threads, json.loads(out.strip().splitlines()[-1])))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
