@@ -65,6 +65,22 @@ def _lpips_network(weights: str | None) -> nn.Module:
     return metric.net.requires_grad_(False).eval()
 
 
+def padded_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """Both sides rounded up to a multiple of ``stride`` (the encoder's patch x token merge)."""
+    return -(-height // stride) * stride, -(-width // stride) * stride
+
+
+def pad_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:
+    """Centred mid-grey padding to a multiple of ``stride``: the tokenizer's policy, and the raw
+    encoder's when it is compared with a tokenizer (it must see the same pixels)."""
+    h, w = images.shape[-2:]
+    ph, pw = padded_size(h, w, stride)
+    if (ph, pw) == (h, w):
+        return images
+    top, left = (ph - h) // 2, (pw - w) // 2
+    return F.pad(images, (left, pw - w - left, top, ph - h - top), value=PAD_VALUE)
+
+
 class UniFlowTokenizer(nn.Module):
     """The UniFlow tokenizer (public API: README "Python API").
 
@@ -166,17 +182,11 @@ class UniFlowTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ geometry
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        s = self.stride
-        return -(-height // s) * s, -(-width // s) * s
+        return padded_size(height, width, self.stride)
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad with mid-grey (:data:`PAD_VALUE`), centred, so both sides are multiples of patch x merge."""
-        h, w = images.shape[-2:]
-        ph, pw = self.padded_size(h, w)
-        if (ph, pw) == (h, w):
-            return images
-        top, left = (ph - h) // 2, (pw - w) // 2
-        return F.pad(images, (left, pw - w - left, top, ph - h - top), value=PAD_VALUE)
+        return pad_to_stride(images, self.stride)
 
     @property
     def padding_policy(self) -> str:

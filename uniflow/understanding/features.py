@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -43,25 +42,12 @@ from uniflow.io import atomic_path
 from uniflow.metrics.inception import cache_dir
 from uniflow.metrics.ledger import shard_indices
 from uniflow.tokenizer.config import TokenizerConfig, load_tokenizer_config
-from uniflow.tokenizer.model import CONFIG_FILE, PAD_VALUE, UniFlowTokenizer, check_images
+from uniflow.tokenizer.model import CONFIG_FILE, UniFlowTokenizer, check_images, pad_to_stride
 
 POOLINGS = ("pooled", "dense", "grid")
 LATENT = "latent"
 Layer = int | str
 _PART = re.compile(r"part-(\d{5})-of-(\d{5})\.safetensors")
-
-
-def pad_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:
-    """Centred mid-grey padding to a multiple of ``stride``: the policy of ``UniFlowTokenizer.pad``.
-
-    Kept here as a function of the stride alone because the raw encoder has no tokenizer to pad
-    its inputs, and the baseline must see exactly the pixels the student sees (a test holds the two
-    equal).
-    """
-    h, w = images.shape[-2:]
-    ph, pw = -(-h // stride) * stride, -(-w // stride) * stride
-    top, left = (ph - h) // 2, (pw - w) // 2
-    return F.pad(images, (left, pw - w - left, top, ph - h - top), value=PAD_VALUE)
 
 
 def _hash_modules(digest: Any, modules: Mapping[str, nn.Module]) -> None:
