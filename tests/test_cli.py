@@ -47,6 +47,7 @@ KEY_OPTIONS: dict[str, list[str]] = {
     "data ref-stats": ["SRC OUT.npz", "--size", "--weights", "--batch-size", "skipped"],
     "doctor": ["--output-dir"],
     "params": ["config", "key=value", "--encoder-width", "--patch-size"],
+    "sample": ["run", "--num", "--per-class", "--cfg", "--steps", "--out", "--seed", "--precision"],
 }
 
 
@@ -84,6 +85,7 @@ def test_the_entry_point_exits_with_the_status(tmp_path):
     "argv",
     [[], ["no-such-verb"], ["data"], ["data", "no-such-verb"], ["train"], ["fid", "only-one"],
      ["data", "write-ffcv", "src", "out"], ["data", "ref-stats"], ["params"], ["eval", "--no-such-option"],
+     ["sample", "runs/x"],
      ["data", "write-ffcv", "src", "out", "--max-side", "0", "--jpeg-quality", "90"]],
     ids=" ".join,
 )  # fmt: skip

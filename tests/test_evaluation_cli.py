@@ -36,6 +36,21 @@ def test_registry_holds_the_papers_13_benchmarks_with_families_and_references():
         "embedded_photos",
         "embedded_scenes",
         "embedded_drift",
+        "embedded_vqa",
+        "embedded_probe_cls",
+        "embedded_probe_seg",
+        "embedded_probe_depth",
+        "embedded_probe_det",
+        "imagenet_linear",
+        "ade20k_seg",
+        "nyu_depth",
+        "coco_det",
+        "pope",
+        "gqa",
+        "textvqa",
+        "mmvet",
+        "mmbench",
+        "mme_p",
         "imagenet_recon",
         "coco_recon",
         "imagenet_gen",
@@ -47,7 +62,7 @@ def test_config_mistakes_are_config_errors_naming_the_key_or_the_valid_names(tmp
         enabled_benchmarks(EvalConfig(benchmarks=["embedded_photos", "nope"]))
     with pytest.raises(ConfigError, match=r"eval.num_samples has unknown benchmarks \['imagenet'\]"):
         enabled_benchmarks(EvalConfig(num_samples={"imagenet": 10}))
-    with pytest.raises(ConfigError, match=r"pope in eval.benchmarks cannot run yet: needs the MLLM probe"):
+    with pytest.raises(ConfigError, match=r"eval.data.pope must name the benchmark's data folder"):
         enabled_benchmarks(EvalConfig(benchmarks=["pope"]))
     with pytest.raises(ConfigError, match=r"imagenet_recon needs eval.data.imagenet_recon: an image folder"):
         enabled_benchmarks(EvalConfig(benchmarks=["imagenet_recon"]))
@@ -109,7 +124,13 @@ def test_without_arguments_the_newest_run_is_evaluated(tmp_path, monkeypatch):
     os.utime(new / "model.safetensors", (1e9, 1e9))
     cfg, tokenizer_dir, name = _resolve([])
     assert (tokenizer_dir, name) == (Path("runs/old/tokenizer"), "old")
-    assert cfg.eval.benchmarks == ["embedded_photos", "embedded_scenes", "embedded_drift"]
+    assert cfg.eval.benchmarks == [
+        "embedded_photos",
+        "embedded_scenes",
+        "embedded_drift",
+        "embedded_vqa",
+        *(f"embedded_probe_{task}" for task in ("cls", "seg", "depth", "det")),
+    ]
 
 
 def test_command_end_to_end_with_the_real_inception(tmp_path, monkeypatch, capsys, inception_weights):

@@ -89,13 +89,13 @@ def test_suite_writes_results_with_provenance_beside_the_paper(default_run, toke
 
     gen = by_name["imagenet_gen"]
     assert gen["status"] == "not run" and "eval.data.imagenet_gen" in gen["reason"]
-    assert by_name["pope"]["metrics"]["POPE"]["reason"].startswith("not run: needs the MLLM probe")
+    assert by_name["pope"]["metrics"]["POPE"]["reason"].startswith("not run: not enabled: set eval.data.pope")
     assert by_name["imagenet_recon"]["metrics"]["rFID"]["value"] is None
 
     assert (
         "| family | benchmark | metric | ours | samples | UniFlow (paper) | anchors | provenance |" in table
     )
-    assert "not run: needs the MLLM probe" in table
+    assert "not run: not enabled: set eval.data.pope" in table
     assert "| 0.26 (" in table and "UniTok 0.38-0.41" in table  # the paper's rFID and an anchor's
     assert "reference_stats: embedded_photos@" in table
     assert "rFID from 6 samples is noisy" in table

@@ -46,9 +46,7 @@ class ToyModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
         groups = [{"params": list(self.net.parameters()), "lr": o.lr, "weight_decay": 0.0, "name": "net"}]
-        return adamw_warmup_cosine(
-            groups, o.betas, self.cfg.trainer.max_steps, o.warmup_steps, o.schedule, 0.0
-        )
+        return adamw_warmup_cosine(groups, o, self.cfg.trainer.max_steps)
 
 
 class ToyData(L.LightningDataModule):
@@ -135,7 +133,7 @@ def test_a_stage_name_is_registered_once(toy_stage):
 
 
 def test_unknown_stage_and_unknown_section_keys_are_named(toy_stage, tmp_path):
-    with pytest.raises(ConfigError, match=r"'stage' = 'nope'.*\['pretrain', 'tokenizer', 'toy'\]"):
+    with pytest.raises(ConfigError, match=r"'stage' = 'nope'.*\[.*'pretrain', 'probe', 'tokenizer', 'toy'\]"):
         load_config(None, ["stage=nope"])
     with pytest.raises(ConfigError, match=r"unknown config key 'toy.width'.*features"):
         load_config(_toy_yaml(tmp_path), ["toy.width=3"])

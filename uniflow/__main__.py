@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train the stage a config names: train CONFIG [key=value ...]",
     ),
     "eval": ("uniflow.evaluation.cli:eval_main", "run the benchmark suite: eval [CONFIG] [key=value ...]"),
+    "sample": (
+        "uniflow.generation.sampling:sample_main",
+        "samples of a generator run as an ADM .npz: sample RUN --num N --out samples.npz",
+    ),
     "fid": ("uniflow.metrics.cli:fid_main", "FID between two image folders or .npz statistics: fid A B"),
     "data": ("uniflow.data.cli:main", "data preparation: data VERB [args] (verbs below)"),
     "doctor": ("uniflow.doctor:main", "what this machine offers and what uniflow will do with it"),

@@ -26,6 +26,9 @@ from uniflow.training.config import OptimConfig, TrainerConfig
 # a stage's heavy dependencies load only when it runs.
 BUILTIN: dict[str, str] = {
     "pretrain": "uniflow.training.pretrain:STAGE",
+    "probe": "uniflow.understanding.probe_stage:STAGE",
+    "generator": "uniflow.training.generator_stage:STAGE",
+    "mllm": "uniflow.understanding.mllm.stage:STAGE",
     "tokenizer": "uniflow.training.tokenizer_stage:STAGE",
 }
 DEFAULT_STAGE = "tokenizer"

@@ -24,10 +24,22 @@ class EvalConfig:
     # Registry names (``python -m uniflow eval --list``): embedded_photos, embedded_scenes,
     # imagenet_recon, coco_recon, imagenet_gen, ...
     benchmarks: list[str] = field(
-        default_factory=lambda: ["embedded_photos", "embedded_scenes", "embedded_drift"]
+        default_factory=lambda: [
+            "embedded_photos",
+            "embedded_scenes",
+            "embedded_drift",
+            "embedded_vqa",
+            "embedded_probe_cls",
+            "embedded_probe_seg",
+            "embedded_probe_depth",
+            "embedded_probe_det",
+        ]
     )
     # A ``save_pretrained`` tokenizer directory; None: <output_dir>/<name>/tokenizer.
     tokenizer: str | None = None
+    # An MLLM probe run (`python -m uniflow train experiments/mllm/...`) that answers the understanding
+    # benchmarks; None: the newest run beside the tokenizer run whose vision tokens are this tokenizer's.
+    mllm: str | None = None
     # Decoding; None keeps the tokenizer's own (tokenizer.flow.steps / sampler).
     steps: int | None = None
     sampler: str | None = field(default=None, metadata={"choices": (None, *SAMPLERS)})
@@ -42,7 +54,19 @@ class EvalConfig:
     # Samples per benchmark. Embedded sets are generated, so they need a count; a dataset on disk
     # without an entry is evaluated in full. rFID from a few hundred samples is noisy and biased up.
     num_samples: dict[str, int] = field(
-        default_factory=lambda: {"embedded_photos": 200, "embedded_scenes": 200, "embedded_drift": 256}
+        default_factory=lambda: {
+            "embedded_photos": 200,
+            "embedded_scenes": 200,
+            "embedded_drift": 256,
+            # Held-out scenes of each probe row; the probes train on four times as many.
+            "embedded_probe_cls": 256,
+            "embedded_probe_seg": 256,
+            "embedded_probe_depth": 256,
+            "embedded_probe_det": 256,
+            # Held-out scenes of the MLLM probe (about 6.6 questions each), answered by the student's
+            # and the teacher's runs of `make train-mllm`.
+            "embedded_vqa": 48,
+        }
     )
     # Side of the ADM centre crop for ImageNet and COCO (the paper's 256 px protocol).
     image_size: int = 256

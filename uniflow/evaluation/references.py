@@ -79,7 +79,7 @@ MME_P = (
 IMAGENET_LINEAR_PROBE = (_paper("top-1", None),)
 ADE20K_SEGMENTATION = (_paper("mIoU", None),)
 COCO_DETECTION = (_paper("box mAP", None),)
-NYU_DEPTH = (_paper("RMSE", None), _paper("delta1", None))
+NYU_DEPTH = (_paper("RMSE", None), _paper("AbsRel", None), _paper("delta1", None))
 
 
 def embedded(metrics: tuple[str, ...]) -> tuple[Reference, ...]:

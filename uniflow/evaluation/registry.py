@@ -39,6 +39,8 @@ ADAPTERS: tuple[str, ...] = (
     "uniflow.evaluation.benchmarks.reconstruction",
     "uniflow.evaluation.benchmarks.generation",
     "uniflow.evaluation.benchmarks.drift",
+    "uniflow.evaluation.benchmarks.probes",
+    "uniflow.evaluation.benchmarks.mllm",
     "uniflow.evaluation.benchmarks.pending",
 )
 

@@ -89,7 +89,29 @@ def _fixed_images(datamodule: Any, count: int) -> torch.Tensor:
     return next(iter(datamodule.val_dataloader()))["image"][:count]
 
 
-class ReconstructionGrid(L.Callback):
+class PeriodicImages(L.Callback):
+    """Calls :meth:`log_images` every ``every_n_steps`` training steps and once more at the end of
+    training unless the last step already did; ``every_n_steps <= 0``: only at the end. Every rank
+    calls it (an FSDP2-sharded model needs all ranks in each forward); subclasses log on rank 0."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+
+    def log_images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.log_images(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps != 0:
+            self.log_images(trainer, pl_module)
+
+
+class ReconstructionGrid(PeriodicImages):
     """Every ``every_n_steps`` steps (and at the end), a TensorBoard grid of fixed validation images:
     the originals, then their reconstructions with each of ``sample_steps`` Euler steps (fixed noise).
 
@@ -97,7 +119,7 @@ class ReconstructionGrid(L.Callback):
     """
 
     def __init__(self, every_n_steps: int, sample_steps: list[int], num_images: int = 8, seed: int = 0):
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self.sample_steps = sample_steps
         self.num_images = num_images
         self.seed = seed
@@ -110,7 +132,7 @@ class ReconstructionGrid(L.Callback):
         assert self.images is not None
         return reconstruction_grid(tokenizer, self.images.to(device), self.sample_steps, self.seed)
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def log_images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images is None:
             return
         grid = self.grid(pl_module.inference_tokenizer, pl_module.device)
@@ -119,13 +141,3 @@ class ReconstructionGrid(L.Callback):
             trainer.logger.experiment.add_image(
                 f"reconstruction/original_then_steps_{steps}", grid, global_step=trainer.global_step
             )
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self._log(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps != 0:
-            self._log(trainer, pl_module)

@@ -116,9 +116,7 @@ class EncoderPretrainModule(L.LightningModule):
         o = self.optim_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = weight_decay_groups(params, o.weight_decay, o.lr, "model")
-        return adamw_warmup_cosine(
-            groups, o.betas, self.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio
-        )
+        return adamw_warmup_cosine(groups, o, self.max_steps)
 
     def save_encoder(self, path: str | Path) -> None:
         """Write the classifier's timm state dict (head included) as safetensors, atomically."""

@@ -55,17 +55,11 @@ def weight_decay_groups(
     return [g for g in groups if g["params"]]
 
 
-def adamw_warmup_cosine(
-    groups: list[dict[str, Any]],
-    betas: Sequence[float],
-    max_steps: int,
-    warmup_steps: int,
-    schedule: str = "cosine",
-    min_ratio: float = 0.0,
-) -> dict[str, Any]:
+def adamw_warmup_cosine(groups: list[dict[str, Any]], optim: Any, max_steps: int) -> dict[str, Any]:
     """AdamW over ``groups`` with :func:`warmup_cosine` stepped every optimizer step, as Lightning's
-    ``configure_optimizers`` returns it."""
-    optimizer = torch.optim.AdamW(groups, betas=tuple(betas))
-    factor = warmup_cosine(max_steps, warmup_steps, schedule, min_ratio)
+    ``configure_optimizers`` returns it. ``optim``: an ``OptimConfig`` (betas, warmup_steps,
+    schedule, min_lr_ratio); the learning rates and weight decay are the groups'."""
+    optimizer = torch.optim.AdamW(groups, betas=tuple(optim.betas))
+    factor = warmup_cosine(max_steps, optim.warmup_steps, optim.schedule, optim.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

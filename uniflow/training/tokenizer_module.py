@@ -23,7 +23,7 @@ from uniflow.tokenizer import UniFlowTokenizer
 from uniflow.tokenizer.config import TokenizerConfig
 from uniflow.tokenizer.model import TRAINING_ONLY_PREFIXES
 from uniflow.training.ema import copy_weights, ema_decay_at, ema_update
-from uniflow.training.finite import check_finite
+from uniflow.training.finite import check_finite, clip_gradients
 from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 
 
@@ -110,9 +110,7 @@ class TokenizerModule(L.LightningModule):
         groups = weight_decay_groups(encoder, o.weight_decay, o.encoder_lr, "encoder") + weight_decay_groups(
             rest, o.weight_decay, o.lr, "decoder"
         )
-        return adamw_warmup_cosine(
-            groups, o.betas, self.cfg.trainer.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio
-        )
+        return adamw_warmup_cosine(groups, o, self.cfg.trainer.max_steps)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -141,15 +139,7 @@ class TokenizerModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        # With a GradScaler (16-mixed on GPU) an overflowing step is routine: the scaler skips it
-        # and lowers the scale. Otherwise a non-finite gradient norm ends the run.
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            check_finite(self, {"grad_norm": norm.detach()}, "gradient norm")
-        self.log("train/grad_norm", norm)
+        clip_gradients(self, optimizer, gradient_clip_val)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

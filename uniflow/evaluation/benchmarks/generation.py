@@ -1,10 +1,12 @@
 """Generation metrics: gFID and Inception Score of a sample source against ADM's ImageNet-256 reference.
 
-A sample source yields uint8 images with sample indices, sharded over ranks. Today's source is an
-ADM-format ``.npz`` made elsewhere (``eval.data.imagenet_gen``); a generator on UniFlow latents will
-be another source, whose samples :func:`score_samples` also writes as ADM ``.npz`` files so ADM's
-TensorFlow evaluator can check the number. Protocol (docs/evaluation.md): 50k samples, 50 per
-class, against the ADM reference batch; sampler, steps, guidance and precision stated with it.
+A sample source yields uint8 images with sample indices, sharded over ranks. ``eval.data.imagenet_gen``
+names either an ADM-format ``.npz`` made elsewhere, or a generator run (``python -m uniflow train
+experiments/generator/...``), which is sampled on the fly (:class:`GeneratorSamples`: each sample
+exactly once over the ranks, equal counts per class) with its own sampling settings; the samples can
+also be written as ADM ``.npz`` files (:func:`score_samples`) so ADM's TensorFlow evaluator can check
+the number. Protocol (docs/evaluation.md): 50k samples, 50 per class, against the ADM reference
+batch; guidance, steps, sampler, label sampling, weights, precision, seeds and hashes stated with it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,54 @@ class NpzSamples:
                 yield images[mine], index[mine], torch.ones(int(mine.sum()), dtype=torch.bool)
 
 
+class GeneratorSamples:
+    """Samples of a generator run, made while scoring: ``num_samples`` (equal per class when they divide
+    evenly, else uniform random labels), the noise of chunk k from (seed, k), so the numbers do not
+    depend on the ranks or the batch layout of the evaluation."""
+
+    def __init__(
+        self,
+        run: str | Path,
+        num_samples: int,
+        seed: int,
+        precision: str,
+        device: torch.device,
+        chunk_size: int,
+    ) -> None:
+        from uniflow.generation.pretrained import LatentGenerator
+        from uniflow.generation.sampling import SampleMaker, class_labels
+
+        classes = LatentGenerator.from_pretrained(run).num_classes
+        per_class = num_samples // classes if num_samples % classes == 0 else None
+        labels = class_labels(classes, num_samples, per_class, seed)
+        label_sampling = f"{per_class} per class" if per_class else f"uniform random (seed {seed})"
+        # bf16 autocast for the generator and its tokenizer; "16-mixed" has no CPU kernels to fall back on.
+        precision = "bf16-mixed" if precision != "32-true" else precision
+        self.maker = SampleMaker(run, labels, label_sampling, None, seed, chunk_size, precision, device)
+        self.num_samples, self.image_size = num_samples, self.maker.image_size
+
+    def provenance(self) -> dict[str, Any]:
+        return self.maker.provenance()
+
+    def batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+        from uniflow.generation.sampling import iter_chunks
+
+        for images, index in iter_chunks(self.maker, rank, world_size):
+            yield images, index, torch.ones(len(index), dtype=torch.bool)
+
+
+def is_generator_run(path: str | Path) -> bool:
+    """Whether ``path`` is a generator run directory or its export (else it should be a sample file)."""
+    from uniflow.generation.pretrained import EXPORT_NAME, WEIGHTS_FILE
+    from uniflow.run_dir import RunDirectory
+
+    try:
+        RunDirectory.find_export(path, EXPORT_NAME, WEIGHTS_FILE)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def rank_npz_path(path: Path, rank: int, world_size: int) -> Path:
     """One ADM file per rank when distributed (each holds that rank's samples, shuffled)."""
     return path if world_size == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
@@ -127,7 +177,7 @@ def score_samples(
 
 NAME = "imagenet_gen"
 _KEYS = (
-    (f"eval.data.{NAME}", "data", "an ADM .npz of samples"),
+    (f"eval.data.{NAME}", "data", "an ADM .npz of samples, or a generator run directory"),
     (f"eval.fid_reference.{NAME}", "fid_reference", "ADM's reference batch, VIRTUAL_imagenet256_labeled.npz"),
 )
 
@@ -137,17 +187,27 @@ def _check(cfg: EvalConfig) -> None:
         value = getattr(cfg, field_name).get(NAME)
         if value is None:
             raise ConfigError(
-                f"benchmark {NAME} needs {key} ({what}); there is no generator on UniFlow latents yet, "
-                f"so it scores an ADM .npz of samples (eval.data.{NAME}) against ADM's reference batch "
-                f"(eval.fid_reference.{NAME})"
+                f"benchmark {NAME} needs {key} ({what}); it scores a generator run (sampled here) or an "
+                f"ADM .npz of samples (eval.data.{NAME}) against ADM's reference batch (eval.fid_reference.{NAME})"
             )
-        if not Path(value).is_file():
+        if field_name == "data" and Path(value).is_dir():
+            if not is_generator_run(value):
+                raise ConfigError(f"{key}: {value} is a directory without a generator export (generator/)")
+        elif not Path(value).is_file():
             raise ConfigError(f"{key} not found: {value}")
 
 
 def _run(ctx: EvalContext) -> BenchmarkRun:
     reference = ReferenceStats.load(ctx.cfg.fid_reference[NAME], ctx.inception(), ctx.cfg.batch_size)
-    return score_samples(ctx, NpzSamples(ctx.cfg.data[NAME]), reference)
+    data = ctx.cfg.data[NAME]
+    if Path(data).is_dir():
+        num = ctx.cfg.num_samples.get(NAME, PROTOCOL_SAMPLES)
+        source: SampleSource = GeneratorSamples(
+            data, num, ctx.cfg.seed, ctx.cfg.precision, ctx.device, ctx.cfg.batch_size
+        )
+    else:
+        source = NpzSamples(data)
+    return score_samples(ctx, source, reference)
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -158,14 +218,18 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         metrics=("gFID", "IS"),
         references=references.IMAGENET_GENERATION,
         paper=True,
-        data="an ADM-format .npz of generated samples (uint8 arr_0, N x 256 x 256 x 3; 50 per class)",
+        data=(
+            "a generator run directory (sampled here: eval.num_samples.imagenet_gen, default 50k, equal per "
+            "class) or an ADM-format .npz of generated samples (uint8 arr_0, N x 256 x 256 x 3; 50 per class)"
+        ),
         fid_reference=(
             "ADM's ImageNet 256 reference batch, VIRTUAL_imagenet256_labeled.npz (its mu/sigma), "
             "or `python -m uniflow data ref-stats` statistics"
         ),
         hint=(
-            f"no generator on UniFlow latents exists yet; to score an ADM .npz of samples set "
-            f"eval.data.{NAME} and eval.fid_reference.{NAME} and add {NAME} to eval.benchmarks"
+            f"set eval.data.{NAME} to a generator run (experiments/generator/imagenet256_*.yaml) or an ADM "
+            f".npz of samples (python -m uniflow sample), eval.fid_reference.{NAME}, and add {NAME} to "
+            "eval.benchmarks"
         ),
         run=_run,
         check=_check,
