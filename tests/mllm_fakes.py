@@ -27,11 +27,10 @@ def smollm2_tokenizer() -> Any:
         pytest.skip(str(error))
 
 
-def save_tiny_lm(directory: Path) -> Path:
-    """A 2-layer random Llama of width 32 with SmolLM2's tokenizer, as a local Hugging Face directory."""
+def tiny_llama(tokenizer: Any, **overrides: Any) -> Any:
+    """A 2-layer random Llama of width 32 over ``tokenizer``'s vocabulary (``overrides``: LlamaConfig keys)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = smollm2_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -44,9 +43,16 @@ def save_tiny_lm(directory: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **overrides,
     )
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_lm(directory: Path) -> Path:
+    """:func:`tiny_llama` with SmolLM2's tokenizer, as a local Hugging Face directory."""
+    tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(directory)
+    tiny_llama(tokenizer).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

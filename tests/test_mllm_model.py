@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from mllm_fakes import tiny_llama
 from torch import nn
 
 from uniflow.understanding.mllm import (
@@ -53,25 +54,9 @@ def tokenizer():
 
 @pytest.fixture
 def tiny_lm(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Untied and with a wide initialisation, a random model answers with varied tokens instead
-        # of repeating one, so equal answers at batch 1 and batch N say something.
-        tie_word_embeddings=False,
-        initializer_range=0.2,
-    )
-    return LlamaForCausalLM(config).eval()
+    # Untied (tiny_llama's default) and with a wide initialisation, a random model answers with
+    # varied tokens instead of repeating one, so equal answers at batch 1 and batch N say something.
+    return tiny_llama(tokenizer, initializer_range=0.2).eval()
 
 
 def supervised_runs(tokenizer, encoded) -> list[str]:
