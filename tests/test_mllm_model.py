@@ -322,8 +322,14 @@ def test_forward_is_the_cross_entropy_of_the_supervised_tokens(tokenizer, tiny_l
         ],
         tokenizer.pad_token_id,
     )
+    head_rows = []
+    hook = tiny_lm.lm_head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[1]))
     loss = probe(batch)
+    hook.remove()
     inputs = probe.prepare_inputs(batch)
+    # The output head saw only the positions that predict a supervised token, not the prompts.
+    predicting = (inputs["labels"][:, 1:] != IGNORE_INDEX).any(0)
+    assert head_rows == [int(predicting.sum())] < [inputs["labels"].shape[1] // 2]
     logits = tiny_lm(
         inputs_embeds=inputs["inputs_embeds"],
         attention_mask=inputs["attention_mask"],

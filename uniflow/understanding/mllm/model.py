@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uniflow.understanding.mllm.connector import Connector
@@ -280,4 +281,12 @@ class MLLMProbe(nn.Module):
         if batch.get("labels") is None:
             raise ValueError("forward needs a batch with labels (encode the conversations for training)")
         inputs = self.prepare_inputs(batch, padding_side="right")
-        return self.causal_lm(**inputs, use_cache=False).loss
+        labels = inputs.pop("labels")
+        # Position p predicts token p + 1. Only positions that predict a supervised token (in any row)
+        # go through the output head, which the LM applies itself (with any logit post-processing):
+        # with short answers after long prompts and image tokens, a vocabulary-wide projection at every
+        # position is mostly wasted (1.23x faster steps with SmolLM2-135M, bench_mllm_step.py).
+        keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().flatten()
+        logits = self.causal_lm(**inputs, use_cache=False, logits_to_keep=keep).logits
+        targets = labels[:, keep + 1]
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
