@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 # Never wait on hub retries in tests: this project must work offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tokenizer" / "tiny.yaml"
@@ -135,3 +139,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_two_processes(
+    config: Path, overrides: list[str], output: Path, strategy: str, weights: str
+) -> dict:
+    """Run ``uniflow train`` on two CPU processes (gloo) with ``strategy``; the run's metrics, exported
+    ``weights`` (a file in the run directory) and last checkpoint. Lightning starts the second process
+    itself by re-running the command, exactly as on a workstation."""
+    args = [*overrides, f"output_dir={output}", f"name={strategy}", "trainer.accelerator=cpu",
+            "trainer.devices=2", f"trainer.strategy={strategy}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # A file, not a pipe: Lightning's second process inherits the output and may outlive rank 0's.
+    log = output / f"{strategy}.log"
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "uniflow", "train", str(config), *args],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=240,
+        ).returncode  # fmt: skip
+    assert code == 0, log.read_text()[-4000:]
+    run_dir = output / strategy
+    return {
+        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+        "weights": load_file(str(run_dir / weights)),
+        "last": torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"),
+    }

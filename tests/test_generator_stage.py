@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, TINY_TOKENIZER
+from conftest import ROOT, TINY, TINY_TOKENIZER, train_two_processes
 
 from uniflow import UniFlowTokenizer
 from uniflow.config import ConfigError, load_config
@@ -303,3 +303,56 @@ def test_summary_prints_the_reconstruction_ceiling_of_the_class_accuracy():
         },
     }
     assert "tokenizer's reconstructions of those scenes 36.7%" in format_generator_summary(result)
+
+
+def test_summary_end_to_end_on_a_tiny_run(
+    generator_run, tokenizer_run, tmp_path, inception_weights, one_thread
+):
+    """Every summary number on a few held-out scenes, including the latent probe, which is fitted on
+    the run's own cache: it must read the class of the real latents it was fitted on."""
+    from uniflow.generation.evaluate import (
+        evaluate_embedded_generator,
+        fit_latent_probe,
+        format_generator_summary,
+    )
+    from uniflow.generation.latent_cache import LatentShards
+    from uniflow.training.generator_stage import latents_path
+
+    cfg = load_config(
+        EMBEDDED, [*tiny_overrides(tokenizer_run, tmp_path), "summary.num_samples=8", "summary.batch_size=8"]
+    )
+    cfg.generator.latents = str(latents_path(cfg.generator))
+    result = evaluate_embedded_generator(cfg, generator_run / "generator", tmp_path)
+    assert set(result["frechet_distance"]) >= {"unguided", "guided", "gaussian", "reconstruction"}
+    assert "classifier_accuracy" not in result  # the tiny tokenizer's encoder has no pretrained classifier
+    probe = result["latent_probe_accuracy"]
+    assert set(probe) == {"data", "real", "unguided", "guided"}
+    assert all(0.0 <= probe[k] <= 1.0 for k in ("real", "unguided", "guided"))
+    assert "linear probe on the latents" in format_generator_summary(result)
+    # 24 training latents of 128 numbers each: a linear classifier separates them all.
+    cache = LatentShards(cfg.generator.latents)
+    bundle = LatentGenerator.from_pretrained(generator_run)
+    fitted = fit_latent_probe(cfg.generator.latents, bundle.normalizer)
+    z = torch.stack([cache[i]["latent"] for i in range(len(cache))])
+    assert (fitted.predict(bundle.normalizer.normalize(z).flatten(1).numpy()) == cache.labels.numpy()).all()
+
+
+@pytest.mark.distributed
+def test_ddp_and_fsdp2_two_processes_agree(tokenizer_run, tmp_path):
+    """Two CPU processes: both ranks end with the same weights, and FSDP2's sharded training (blocks,
+    model and EMA sharded) computes what DDP computes from the same seeds and data shards."""
+    overrides = [
+        o for o in tiny_overrides(tokenizer_run, tmp_path) if not o.startswith(("output_dir=", "name="))
+    ]
+    runs = {
+        strategy: train_two_processes(EMBEDDED, overrides, tmp_path, strategy, "generator/model.safetensors")
+        for strategy in ("ddp", "fsdp")
+    }
+    for result in runs.values():
+        fingerprints = result["metrics"]["weights_fingerprint_per_rank"]
+        assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+        assert result["metrics"]["steps"] == 3 and result["last"]["global_step"] == 3
+    ddp, fsdp = runs["ddp"]["weights"], runs["fsdp"]["weights"]
+    assert fsdp.keys() == ddp.keys()
+    for name, value in fsdp.items():
+        torch.testing.assert_close(value, ddp[name], rtol=1e-4, atol=1e-5, msg=name)

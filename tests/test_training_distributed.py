@@ -5,38 +5,18 @@ Lightning starts the second process itself by re-running the command, exactly as
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import train_two_processes
 
 
 def _train(base: tuple[Path, list[str]], output: Path, strategy: str) -> dict:
     config, overrides = base
-    args = [*overrides, f"output_dir={output}", f"name={strategy}", "trainer.accelerator=cpu",
-            "trainer.devices=2", f"trainer.strategy={strategy}", "summary.enabled=false"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    # A file, not a pipe: Lightning's second process inherits the output and may outlive rank 0's.
-    log = output / f"{strategy}.log"
-    with log.open("w") as out:
-        code = subprocess.run(
-            [sys.executable, "-m", "uniflow", "train", str(config), *args],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=240,
-        ).returncode  # fmt: skip
-    assert code == 0, log.read_text()[-4000:]
-    run_dir = output / strategy
-    return {
-        "metrics": json.loads((run_dir / "metrics.json").read_text()),
-        "weights": load_file(str(run_dir / "tokenizer" / "model.safetensors")),
-        "last": torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"),
-    }
+    return train_two_processes(
+        config, [*overrides, "summary.enabled=false"], output, strategy, "tokenizer/model.safetensors"
+    )
 
 
 @pytest.fixture(scope="module")

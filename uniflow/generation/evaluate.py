@@ -10,7 +10,10 @@ On ``summary.num_samples`` held-out scenes (never encoded into the training cach
   of the held-out scenes (what the decoder allows at best: a generator on these latents cannot do
   better than its tokenizer's reconstructions);
 - the accuracy of the encoder-pretraining classifier on the generated images per requested class
-  (and on the real held-out scenes, for reference).
+  (and on the real held-out scenes, for reference);
+- the accuracy of a linear classifier fitted on the training cache's standardised latents, on the
+  sample latents (and on the held-out scenes' latents): it reads the class before the decoder, so
+  the printout tells conditioning that fails from a decoder that hides the class.
 
 Frechet distances from a few hundred samples are biased upward; they compare the rows of one
 printout, not numbers of other papers.
@@ -30,6 +33,27 @@ from torchvision.utils import make_grid
 from uniflow.generation.pretrained import LatentGenerator
 
 SAMPLES_FILE = "samples.png"
+# Training latents the latent-space probe is fitted on (evenly spread over the cache).
+LATENT_PROBE_SAMPLES = 2048
+
+
+def fit_latent_probe(latents: str | Path, normalizer: Any, max_samples: int = LATENT_PROBE_SAMPLES) -> Any:
+    """A multinomial logistic regression (scikit-learn) from standardised, flattened latents to the class.
+
+    Fitted on up to ``max_samples`` latents of the cache at ``latents``; ``predict`` takes standardised
+    latents ``B x C x h x w`` flattened to ``B x (C h w)``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from uniflow.generation.latent_cache import LatentShards
+
+    shards = LatentShards(latents)
+    if shards.labels.unique().numel() < 2:
+        raise ValueError(f"the latent probe needs at least two classes in {latents}")
+    picks = torch.linspace(0, len(shards) - 1, min(max_samples, len(shards))).round().long().unique()
+    z = torch.stack([shards[int(i)]["latent"] for i in picks])
+    features = normalizer.normalize(z).flatten(1).numpy()
+    return LogisticRegression(max_iter=1000).fit(features, shards.labels[picks].numpy())
 
 
 def _load_classifier(
@@ -75,7 +99,14 @@ def evaluate_embedded_generator(cfg: Any, export: Path, directory: Path | None =
     def decode(z: torch.Tensor, seed: int) -> torch.Tensor:
         return bundle.decode(tokenizer, z, torch.Generator().manual_seed(seed))
 
+    probe = fit_latent_probe(cfg.generator.latents, bundle.normalizer)
+
+    def probe_hits(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        predicted = probe.predict(bundle.normalizer.normalize(z).flatten(1).numpy())
+        return torch.from_numpy(predicted) == labels
+
     metrics = {name: FIDMetric(extractor) for name in ("real", "reconstruction", "gaussian")}
+    latent_hits: dict[str, list[torch.Tensor]] = {"real": [], "unguided": [], "guided": []}
     real_correct: list[torch.Tensor] = []
     # The ceiling for samples: the classifier on the tokenizer's own reconstructions of real scenes
     # (a generator that matched the latent distribution exactly would score this, not `real`).
@@ -84,6 +115,7 @@ def evaluate_embedded_generator(cfg: Any, export: Path, directory: Path | None =
         images = batch["image"]
         metrics["real"].update(images)
         z = tokenizer.encode(images)
+        latent_hits["real"].append(probe_hits(z, batch["label"]))
         reconstruction = decode(z, k)
         metrics["reconstruction"].update(reconstruction)
         # The baseline: every latent entry drawn independently from its channel's N(mean, std).
@@ -105,6 +137,7 @@ def evaluate_embedded_generator(cfg: Any, export: Path, directory: Path | None =
             chunk = labels[start : start + sampling.batch_size]
             # The same seeds with and without guidance: the rows differ by the guidance alone.
             z = bundle.sample_latents(chunk, generator=torch.Generator().manual_seed(k), cfg_scale=scale)
+            latent_hits[name].append(probe_hits(z, chunk))
             images = decode(z, k)
             metrics[name].update(images)
             if classifier is not None:
@@ -132,6 +165,11 @@ def evaluate_embedded_generator(cfg: Any, export: Path, directory: Path | None =
             "decode_steps": sampling.decode_steps or tokenizer.cfg.flow.steps,
             "weights": f"EMA (decay {cfg.optim.ema_decay:g})" if cfg.optim.ema_decay > 0 else "live",
         },
+    }
+    result["latent_probe_accuracy"] = {
+        "data": f"a linear classifier of the standardised latents, fitted on {LATENT_PROBE_SAMPLES} or "
+        "fewer training latents of the cache; its prediction = the requested class",
+        **{name: float(torch.cat(hits).float().mean()) for name, hits in latent_hits.items()},
     }
     if classifier is not None:
         result["classifier_accuracy"] = {
@@ -179,5 +217,12 @@ def format_generator_summary(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"  ceiling: on the tokenizer's reconstructions of those scenes {100 * acc['reconstruction']:.1f}%"
+        )
+    if "latent_probe_accuracy" in result:
+        acc = result["latent_probe_accuracy"]
+        lines.append(
+            f"linear probe on the latents (before decoding) gives the requested class: guided "
+            f"{100 * acc['guided']:.1f}%, unguided {100 * acc['unguided']:.1f}%; on the held-out scenes' "
+            f"latents {100 * acc['real']:.1f}%"
         )
     return "\n".join(lines)

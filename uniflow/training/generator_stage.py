@@ -25,6 +25,7 @@ from uniflow.generation.pretrained import EXPORT_NAME, TokenizerReference
 from uniflow.run_dir import RunDirectory
 from uniflow.stages import Stage
 from uniflow.training.callbacks import PeriodicImages
+from uniflow.training.run import fingerprints_per_rank
 
 TOKENIZER_EXPORT = "tokenizer"
 TOKENIZER_MARKER = "model.safetensors"
@@ -172,11 +173,12 @@ def _data(cfg: Any) -> L.LightningDataModule:
 
 def _export(module: Any, trainer: L.Trainer, path: Path) -> dict[str, Any]:
     state = module.export_state()  # a collective under FSDP2: every rank calls it
+    fingerprints = fingerprints_per_rank(state, trainer)
     if trainer.is_global_zero:
         decay = module.cfg.optim.ema_decay
         weights = f"EMA (decay {decay:g})" if decay > 0 else "live"
         module.generator.save_pretrained(path, state, weights)
-    return {}
+    return {"weights_fingerprint_per_rank": fingerprints}
 
 
 def _summary(cfg: Any, directory: RunDirectory) -> dict[str, Any]:

@@ -150,6 +150,18 @@ def _finish_fit(trainer: L.Trainer, directory: RunDirectory) -> None:
     trainer.save_checkpoint(directory.last_checkpoint)
 
 
+def fingerprints_per_rank(state: dict[str, torch.Tensor], trainer: L.Trainer) -> list[float]:
+    """Every rank's scalar summary of the exported weights (a collective): equal when the replicas agree."""
+    fingerprint = float(sum(v.double().abs().sum().item() for v in state.values()))
+    if trainer.world_size == 1:
+        return [fingerprint]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(gathered, fingerprint)
+    return [float(x) for x in gathered]
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from uniflow.config import ConfigError
 from uniflow.data.datamodule import UniFlowDataModule
@@ -22,15 +21,11 @@ from uniflow.tokenizer.model import WEIGHTS_FILE
 from uniflow.training.callbacks import ReconstructionGrid
 from uniflow.training.config import PretrainConfig, SummaryConfig
 from uniflow.training.data import StepDataModule
+from uniflow.training.run import fingerprints_per_rank
 
 EXPORT_NAME = "tokenizer"
 # A complete tokenizer export contains this file (downstream stages look for it).
 EXPORT_MARKER = WEIGHTS_FILE
-
-
-def _fingerprint(state: dict[str, torch.Tensor]) -> float:
-    """A scalar summary of all weights; equal on every rank when the replicas agree."""
-    return float(sum(v.double().abs().sum().item() for v in state.values()))
 
 
 def _module(cfg: Any) -> L.LightningModule:
@@ -42,13 +37,7 @@ def _module(cfg: Any) -> L.LightningModule:
 def _export(module: Any, trainer: L.Trainer, path: Path) -> dict[str, Any]:
     """EMA weights as a ``from_pretrained`` directory (rank 0), and every rank's weight fingerprint."""
     state = module.export_state()  # a collective under FSDP2: every rank calls it
-    fingerprints = [_fingerprint(state)]
-    if trainer.world_size > 1:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * trainer.world_size
-        dist.all_gather_object(gathered, fingerprints[0])
-        fingerprints = [float(x) for x in gathered]
+    fingerprints = fingerprints_per_rank(state, trainer)
     if trainer.is_global_zero:
         module.export(path, state)
     return {"weights_fingerprint_per_rank": fingerprints}
