@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from uniflow.config import choice
+from uniflow.config import ConfigError, choice
 from uniflow.flow import SAMPLERS
 
 EVAL_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -84,3 +84,13 @@ class EvalConfig:
     lpips_weights: str | None = None
     # Where results.json / results.md go; None: <run dir>/eval.
     output_dir: str | None = None
+
+
+def embedded_count(cfg: EvalConfig, name: str, minimum: int = 2) -> int:
+    """``eval.num_samples.<name>`` of an embedded row: its data is generated, so the count must be given."""
+    count = cfg.num_samples.get(name)
+    if count is None or count < minimum:
+        raise ConfigError(
+            f"eval.num_samples.{name} must be set to at least {minimum} (got {count}): the set is generated"
+        )
+    return count

@@ -10,9 +10,8 @@ probes read) and the lowest CKA over the blocks.
 
 from __future__ import annotations
 
-from uniflow.config import ConfigError
 from uniflow.evaluation import references
-from uniflow.evaluation.config import EvalConfig
+from uniflow.evaluation.config import EvalConfig, embedded_count
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.entry import Benchmark
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
@@ -24,17 +23,8 @@ METRICS = ("last-block cosine", "last-block CKA", "lowest CKA")
 TOKENS = "patch tokens (prefix tokens excluded), paired by image and grid position, block l with block l"
 
 
-def _count(cfg: EvalConfig) -> int:
-    count = cfg.num_samples.get(NAME)
-    if count is None or count < 2:
-        raise ConfigError(
-            f"eval.num_samples.{NAME} must be set to at least 2 (got {count}): the scenes are generated"
-        )
-    return count
-
-
 def _check(cfg: EvalConfig) -> None:
-    _count(cfg)
+    embedded_count(cfg, NAME)
 
 
 def _run(ctx: EvalContext) -> BenchmarkRun:
@@ -43,7 +33,7 @@ def _run(ctx: EvalContext) -> BenchmarkRun:
 
     from uniflow.data.datamodule import heldout_scenes
 
-    size, seed, count = ctx.tokenizer.image_size, ctx.cfg.seed, _count(ctx.cfg)
+    size, seed, count = ctx.tokenizer.image_size, ctx.cfg.seed, embedded_count(ctx.cfg, NAME)
     scenes = heldout_scenes(count, size, seed, annotations=False)
     data = f"held-out embedded scenes (val split), {size} px, seed {seed}"
     student = FeatureSource.of_tokenizer(ctx.tokenizer, f"student of {ctx.tokenizer_dir}")

@@ -22,7 +22,7 @@ import torch
 
 from uniflow.config import ConfigError
 from uniflow.evaluation import references
-from uniflow.evaluation.config import EvalConfig
+from uniflow.evaluation.config import EvalConfig, embedded_count
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.entry import Benchmark
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
@@ -126,15 +126,6 @@ def _background(loaded: LoadedProbe) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------------------------------- embedded
-def _embedded_count(cfg: EvalConfig) -> int:
-    count = cfg.num_samples.get(EMBEDDED)
-    if count is None or count < 1:
-        raise ConfigError(
-            f"eval.num_samples.{EMBEDDED} must be set to at least 1 (got {count}): scenes are generated"
-        )
-    return count
-
-
 def _score_embedded(ctx: EvalContext, loaded: LoadedProbe, root: Path) -> dict[str, Any]:
     from uniflow.data.embedded_vqa import ANSWERS_FILE, IMAGE_DIR, QUESTIONS_FILE
     from uniflow.understanding.mllm.answering import answer_and_score
@@ -158,7 +149,7 @@ def _run_embedded(ctx: EvalContext) -> BenchmarkRun:
     from uniflow.data.embedded_vqa import write_llava_files
     from uniflow.metrics.inception import cache_dir
 
-    count, seed, size = _embedded_count(ctx.cfg), ctx.cfg.seed, ctx.tokenizer.image_size
+    count, seed, size = embedded_count(ctx.cfg, EMBEDDED, minimum=1), ctx.cfg.seed, ctx.tokenizer.image_size
     root = cache_dir() / "embedded_vqa" / f"test{count}-{size}px-seed{seed}"
     metrics: dict[str, MetricValue] = {}
     notes: list[str] = []
@@ -510,7 +501,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         paper=False,
         hint=f"train the probe (make train-mllm), add {EMBEDDED} to eval.benchmarks and set eval.num_samples.{EMBEDDED}",
         run=_run_embedded,
-        check=lambda cfg: _embedded_count(cfg) and None,
+        check=lambda cfg: embedded_count(cfg, EMBEDDED, minimum=1) and None,
     ),
     *(
         Benchmark(

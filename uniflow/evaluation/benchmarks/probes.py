@@ -25,7 +25,7 @@ import torch
 
 from uniflow.config import ConfigError
 from uniflow.evaluation import references
-from uniflow.evaluation.config import EvalConfig
+from uniflow.evaluation.config import EvalConfig, embedded_count
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.entry import Benchmark
 from uniflow.evaluation.results import BenchmarkRun, MetricValue
@@ -194,20 +194,11 @@ _EMBEDDED_TITLES = {
 }
 
 
-def _embedded_count(cfg: EvalConfig, row: str) -> int:
-    count = cfg.num_samples.get(row)
-    if count is None or count < 2:
-        raise ConfigError(
-            f"eval.num_samples.{row} must be set to at least 2 (got {count}): the scenes are generated"
-        )
-    return count
-
-
 def _embedded(task: str) -> Benchmark:
     row = EMBEDDED_ROWS[task]
 
     def run(ctx: EvalContext) -> BenchmarkRun:
-        count, size = _embedded_count(ctx.cfg, row), ctx.tokenizer.image_size
+        count, size = embedded_count(ctx.cfg, row), ctx.tokenizer.image_size
         probe = {"dataset": "embedded", "num_train": TRAIN_PER_VAL * count, "num_val": count,
                  "resolution": [size, size]}  # fmt: skip
         data = (
@@ -227,7 +218,7 @@ def _embedded(task: str) -> Benchmark:
         paper=False,
         hint=f"add {row} to eval.benchmarks and set eval.num_samples.{row}",
         run=run,
-        check=lambda cfg: (_embedded_count(cfg, row), None)[1],
+        check=lambda cfg: (embedded_count(cfg, row), None)[1],
     )
 
 

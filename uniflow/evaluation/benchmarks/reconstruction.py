@@ -24,7 +24,7 @@ from uniflow.evaluation.benchmarks.readers import (
     ffcv_batches,
     sharded_batches,
 )
-from uniflow.evaluation.config import EvalConfig
+from uniflow.evaluation.config import EvalConfig, embedded_count
 from uniflow.evaluation.context import EvalContext
 from uniflow.evaluation.distributed import all_ranks_agree
 from uniflow.evaluation.entry import Benchmark
@@ -160,20 +160,11 @@ def score_reconstructions(
 
 
 # ------------------------------------------------------------------------------------ embedded sets
-def _embedded_count(cfg: EvalConfig, name: str) -> int:
-    count = cfg.num_samples.get(name)
-    if count is None or count < 2:
-        raise ConfigError(
-            f"eval.num_samples.{name} must be set to at least 2 (got {count}): the set is generated"
-        )
-    return count
-
-
 def _run_embedded(ctx: EvalContext, name: str, kind: str) -> BenchmarkRun:
     # Imported here: the data package pulls in Lightning, which no other benchmark needs.
     from uniflow.data.datamodule import heldout_photo_crops, heldout_scenes
 
-    size, seed, count = ctx.tokenizer.image_size, ctx.cfg.seed, _embedded_count(ctx.cfg, name)
+    size, seed, count = ctx.tokenizer.image_size, ctx.cfg.seed, embedded_count(ctx.cfg, name)
     if kind == "photos":
         source = heldout_photo_crops(count, size, seed)
         description = "held-out real-photo crops (val regions)"
@@ -200,7 +191,7 @@ EMBEDDED_METRICS = ("rFID", "PSNR", "SSIM", "LPIPS")
 
 def _embedded(name: str, kind: str, title: str) -> Benchmark:
     def check(cfg: EvalConfig) -> None:
-        _embedded_count(cfg, name)
+        embedded_count(cfg, name)
 
     return Benchmark(
         name=name,
