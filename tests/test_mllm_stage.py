@@ -120,6 +120,11 @@ def test_embedded_probe_trains_exports_reloads_and_scores(parts, tmp_path, monke
     # Checkpoints hold the trainable tensors only.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(".lora_" in k or k.startswith("probe.connector.") for k in state)
+    # The shared gradient clipping ran: its norm (checked for NaN/inf every step) is logged.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/grad_norm"} <= set(scalars)
 
 
 @pytest.mark.slow

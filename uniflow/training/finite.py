@@ -31,18 +31,26 @@ def check_finite(module: L.LightningModule, values: dict[str, torch.Tensor], wha
     )
 
 
-def clip_gradients(
-    module: L.LightningModule, optimizer: torch.optim.Optimizer, max_norm: float | None
-) -> None:
-    """Clip the global gradient norm to ``max_norm`` (None or 0: measure only), log it, and stop on a
-    non-finite norm; a LightningModule's ``configure_gradient_clipping`` calls it.
+class CheckedGradientClipping:
+    """Mixin for a stage's LightningModule: Lightning's clipping hook clips the global gradient norm
+    to ``optim.grad_clip`` (the Trainer's ``gradient_clip_val``; None or 0: measure only), logs it as
+    ``train/grad_norm`` and stops the run on a non-finite norm. Under FSDP2 the norm is a DTensor and
+    is gathered before the check.
 
     With a GradScaler (16-mixed on GPU) an overflowing step is routine: the scaler skips it and
     lowers the scale, so the norm is not checked there.
     """
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
-    if getattr(module.trainer.precision_plugin, "scaler", None) is None:
-        check_finite(module, {"grad_norm": norm.detach()}, "gradient norm")
-    module.log("train/grad_norm", norm)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        module: L.LightningModule = self  # type: ignore[assignment]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        if getattr(module.trainer.precision_plugin, "scaler", None) is None:
+            check_finite(module, {"grad_norm": norm.detach()}, "gradient norm")
+        module.log("train/grad_norm", norm)

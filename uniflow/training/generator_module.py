@@ -19,12 +19,12 @@ from uniflow.generation.latent_stats import LatentNormalizer
 from uniflow.generation.pretrained import LatentGenerator, TokenizerReference
 from uniflow.stages import RunConfig
 from uniflow.training.ema import ema_decay_at, ema_update
-from uniflow.training.finite import check_finite, clip_gradients
+from uniflow.training.finite import CheckedGradientClipping, check_finite
 from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 from uniflow.training.tokenizer_module import full_state_dict, step_generator
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(CheckedGradientClipping, L.LightningModule):
     """One module for both generators: ``generator`` holds the live model, ``ema`` the average."""
 
     def __init__(
@@ -101,14 +101,6 @@ class GeneratorModule(L.LightningModule):
         check_finite(self, {"loss": loss.detach()}, "loss")
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

@@ -23,7 +23,7 @@ from uniflow.tokenizer import UniFlowTokenizer
 from uniflow.tokenizer.config import TokenizerConfig
 from uniflow.tokenizer.model import TRAINING_ONLY_PREFIXES
 from uniflow.training.ema import copy_weights, ema_decay_at, ema_update
-from uniflow.training.finite import check_finite, clip_gradients
+from uniflow.training.finite import CheckedGradientClipping, check_finite
 from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 
 
@@ -49,7 +49,7 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
 
 
-class TokenizerModule(L.LightningModule):
+class TokenizerModule(CheckedGradientClipping, L.LightningModule):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = cfg
@@ -132,14 +132,6 @@ class TokenizerModule(L.LightningModule):
             # which then scales lambda_d down by this factor: an ablation must not change it unseen.
             self.log("weight/sum", out["weight"].sum())
         return out["total"]
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

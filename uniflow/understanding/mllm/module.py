@@ -28,7 +28,7 @@ from torch import nn
 
 from uniflow.config import to_dict
 from uniflow.io import atomic_path, atomic_write_text
-from uniflow.training.finite import check_finite
+from uniflow.training.finite import CheckedGradientClipping, check_finite
 from uniflow.training.schedule import adamw_warmup_cosine, weight_decay_groups
 from uniflow.understanding.mllm.build import (
     VisionTokens,
@@ -74,7 +74,7 @@ def shard_probe(probe: MLLMProbe, mesh: Any) -> None:
     fully_shard(probe, mesh=mesh)
 
 
-class MLLMModule(L.LightningModule):
+class MLLMModule(CheckedGradientClipping, L.LightningModule):
     """Trains :class:`MLLMProbe` on collated LLaVA batches: the LM's cross entropy on the answers."""
 
     def __init__(self, cfg: Any, language_model: tuple[nn.Module, Any] | None = None) -> None:
