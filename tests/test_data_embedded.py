@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader
 from uniflow.data.config import DataConfig
 from uniflow.data.datamodule import EvalShardSampler, UniFlowDataModule, heldout_photo_crops, heldout_scenes
 from uniflow.data.embedded import (
+    ATTRIBUTES,
+    COLOUR_NAMES,
     NO_LABEL,
     NUM_CLASSES,
     SHAPES,
@@ -101,6 +103,30 @@ def test_mixture_and_cache():
         assert cached[i]["label"] == mix[i]["label"]
     crops = heldout_photo_crops(2, SIZE)
     assert crops[1]["label"] == NO_LABEL and crops[1]["image"].shape == (3, SIZE, SIZE)
+
+
+def test_scene_attributes_follow_the_scene_and_survive_caching_and_collation():
+    dm = UniFlowDataModule.from_config(
+        DataConfig(image_size=SIZE, batch_size=6, num_train=6, num_val=2, photo_fraction=0.0), attributes=True
+    )
+    dm.setup("fit")
+    assert isinstance(dm.train_set, CachedDataset)
+    batch = next(iter(DataLoader(dm.train_set, batch_size=6)))
+    attributes = batch["attributes"]
+    assert set(attributes) == set(ATTRIBUTES) and attributes["shapes"].shape == (6, len(SHAPES))
+    for i in range(6):
+        scene = render_scene(0, "train", i, SIZE)
+        assert attributes["colour"][i] == COLOUR_NAMES.index(scene.objects[0].colour)
+        assert attributes["count"][i] == len(scene.objects) - 1
+        present = {o.shape for o in scene.objects}
+        assert attributes["shapes"][i].tolist() == [float(k in present) for k in range(len(SHAPES))]
+        uncached = EmbeddedMixture("train", 6, SIZE, attributes=True)[i]["attributes"]
+        assert all(torch.equal(uncached[key], attributes[key][i]) for key in ATTRIBUTES)
+    assert all(int(attributes[key].max()) < n for key, n in ATTRIBUTES.items())
+    with pytest.raises(ValueError, match="photo_fraction=0"):
+        EmbeddedMixture("train", 4, SIZE, photo_fraction=0.5, attributes=True)
+    with pytest.raises(ValueError, match="embedded"):
+        UniFlowDataModule(backend="folder", train_path=".", val_path=".", attributes=True)
 
 
 def test_datamodule_batches_and_exactly_once_validation():

@@ -81,6 +81,20 @@ def test_embedded_questions_are_written_in_llava_formats(tmp_path):
     before = (root / "train.json").stat().st_mtime_ns
     write_llava_files(root, num_train=3, num_test=2, size=32)  # complete: reused, not rewritten
     assert (root / "train.json").stat().st_mtime_ns == before
+    # Single turns: every question of every scene once, each its own conversation with the image, and
+    # the same held-out questions (another training rule rewrites the directory).
+    held_out = (root / "questions.jsonl").read_text()
+    write_llava_files(root, num_train=3, num_test=2, size=32, train_turns="single")
+    single = read_llava_training_json(root / "train.json")
+    expected = [(q.question, q.answer) for i in range(3) for q in embedded_questions(0, "train", i, 32)[1]]
+    assert [
+        (s.conversations[0].value.removeprefix("<image>\n"), s.conversations[1].value) for s in single
+    ] == expected
+    assert all(len(s.conversations) == 2 and s.conversations[0].value.startswith("<image>\n") for s in single)
+    assert {s.image for s in single} == {s.image for s in train}
+    assert (root / "questions.jsonl").read_text() == held_out
+    with pytest.raises(ValueError, match="train_turns"):
+        write_llava_files(root, num_train=3, num_test=2, size=32, train_turns="double")
 
 
 def test_scores_route_yes_no_to_pope_and_open_answers_to_exact_match():

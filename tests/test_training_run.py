@@ -186,3 +186,21 @@ def test_encoder_pretraining_writes_where_tokenizer_encoder_checkpoint_points(mi
     assert target.is_file()
     run_dir = Path(cfg.output_dir) / cfg.name
     assert load_config(run_dir / "config.yaml").tokenizer.encoder.checkpoint == str(target)
+
+
+def test_encoder_pretraining_with_scene_attributes_exports_plain_timm_weights(micro_run):
+    """The attribute heads train beside the classifier and report their accuracy; the export stays a
+    timm state dict (a tokenizer loads it as pretrained weights), without them."""
+    from safetensors.torch import load_file
+
+    from uniflow.training.pretrain import upstream_config
+
+    path, overrides = micro_run
+    cfg = load_config(
+        path, [*overrides, "pretrain.enabled=true", "pretrain.attributes=[colour,count,shapes]"]
+    )
+    result = run_stage(stages.get("pretrain"), upstream_config(cfg))
+    names = {"val_accuracy", "val_colour_accuracy", "val_count_accuracy", "val_shapes_accuracy"}
+    assert set(result.metrics) >= names and all(0 <= result.metrics[k] <= 1 for k in names)
+    state = load_file(result.directory.export("encoder.safetensors"))
+    assert "head.weight" in state and not any("attribute" in key for key in state)

@@ -92,6 +92,7 @@ def test_step_stream_of_a_plain_iterable_reads_ahead():
         (["trainer.max_steps=0"], "trainer.max_steps"),
         (["tokenizer.encoder.checkpoint=/nowhere/encoder.safetensors"], "tokenizer.encoder.checkpoint"),
         (["pretrain.enabled=true", "tokenizer.encoder.backend=hf"], "pretrain.enabled"),
+        (["pretrain.enabled=true", "pretrain.attributes=[colour,size]"], "pretrain.attributes"),
         (["stage=nonsense"], "stage"),
         (["resume=/nowhere/last.ckpt"], "resume"),
         (["data.backend=folder"], "data.train_path"),
@@ -222,3 +223,65 @@ def test_the_sum_of_the_distillation_weights_is_logged(micro_run, monkeypatch, n
     module.training_step({"image": torch.rand(2, 3, 32, 32)}, 0)
     assert logged["weight/sum"].item() == pytest.approx(expected, abs=1e-4)
     torch.testing.assert_close(logged["weight/sum"], logged["weight/layer01"] + logged["weight/layer02"])
+
+
+def test_encoder_pretraining_loss_adds_each_attribute_term_and_trains_every_head(monkeypatch):
+    import lightning as L
+    import torch.nn.functional as F
+
+    from uniflow.data.embedded import ATTRIBUTES
+
+    cfg = load_config(
+        None,
+        [*TINY_TOKENIZER, "pretrain.attributes=[colour,count,shapes]", "pretrain.attribute_weight=0.5"],
+    )
+    from uniflow.training.pretrain import EncoderPretrainModule
+
+    torch.manual_seed(0)
+    module = EncoderPretrainModule(cfg.tokenizer.encoder, cfg.pretrain, cfg.pretrain.optim, 10, 4)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(name, value))
+    images = torch.rand(3, 3, 32, 32)
+    attributes = {
+        "colour": torch.tensor([0, 7, 3]),
+        "count": torch.tensor([0, 3, 1]),
+        "shapes": torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0]]),
+    }
+    batch = {"image": images, "label": torch.tensor([0, 1, 3]), "attributes": attributes}
+    loss = module.training_step(batch, 0)
+
+    logits, heads = module._logits(images)
+    assert torch.allclose(logits, module(images).float(), atol=1e-5)  # one pass, the classifier's own
+    expected = F.cross_entropy(logits, batch["label"]) + 0.5 * (
+        F.cross_entropy(heads["colour"], attributes["colour"])
+        + F.cross_entropy(heads["count"], attributes["count"])
+        + F.binary_cross_entropy_with_logits(heads["shapes"], attributes["shapes"])
+    )
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert {"train/colour_accuracy", "train/count_accuracy", "train/shapes_accuracy"} <= set(logged)
+    loss.backward()
+    for name, head in module.attribute_heads.items():
+        assert head.out_features == ATTRIBUTES[name] and head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no scene attributes"):
+        module.training_step({"image": images, "label": batch["label"]}, 0)
+
+
+def test_a_changed_pretrain_recipe_is_not_silently_served_an_old_encoder(micro_run, capsys):
+    """An existing export of the pretrain run is reused only while the recipe that made it still holds."""
+    from uniflow.config import to_yaml
+    from uniflow.run_dir import RunDirectory
+    from uniflow.training.pretrain import recipe_changes, upstream_config
+
+    path, overrides = micro_run
+    cfg = load_config(path, [*overrides, "pretrain.enabled=true"])
+    run_dir = RunDirectory.of(cfg.output_dir, cfg.pretrain.name)
+    run_dir.config.parent.mkdir(parents=True)
+    run_dir.config.write_text(to_yaml(upstream_config(cfg)))
+    run_dir.export("encoder.safetensors").write_bytes(b"")  # never read: the check comes first
+    assert recipe_changes(cfg) == []
+    changed = load_config(path, [*overrides, "pretrain.enabled=true", "pretrain.attributes=[colour]"])
+    assert recipe_changes(changed) == ["pretrain.attributes"]
+    code = train_main([str(path), *overrides, "pretrain.enabled=true", "pretrain.attributes=[colour]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pretrain.attributes" in err and str(run_dir.root) in err

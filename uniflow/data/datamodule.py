@@ -78,8 +78,11 @@ class UniFlowDataModule(L.LightningDataModule):
         train_crop: str = "random_resized_crop",
         folder_mode: str = "auto",
         ffcv_os_cache: bool = True,
+        attributes: bool = False,
     ):
         super().__init__()
+        if attributes and backend != "embedded":
+            raise ValueError(f"scene attributes exist only for data.backend='embedded', got {backend!r}")
         if backend not in BACKENDS:
             raise ValueError(f"data backend must be one of {BACKENDS}, got {backend!r}")
         if backend != "embedded":
@@ -98,12 +101,15 @@ class UniFlowDataModule(L.LightningDataModule):
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.train_crop = train_crop
         self.folder_mode, self.ffcv_os_cache = folder_mode, ffcv_os_cache
+        self.attributes = attributes
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> UniFlowDataModule:
+    def from_config(cls, cfg: DataConfig, attributes: bool = False) -> UniFlowDataModule:
+        """The data module of a ``data`` section; ``attributes``: embedded samples carry scene attributes."""
         return cls(
+            attributes=attributes,
             backend=cfg.backend,
             train_path=cfg.train_path,
             val_path=cfg.val_path,
@@ -123,7 +129,7 @@ class UniFlowDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------------
     def _embedded(self, split: str, num: int) -> Dataset:
-        data = EmbeddedMixture(split, num, self.image_size, self.seed, self.photo_fraction)
+        data = EmbeddedMixture(split, num, self.image_size, self.seed, self.photo_fraction, self.attributes)
         return CachedDataset(data) if self.cache else data
 
     def _folder(self, root: str, train: bool) -> ImageFolderDataset:

@@ -9,7 +9,9 @@ on a background cut from a real photo (:mod:`uniflow.data.photos`). Every scene 
 - a depth map (background: a receding ground plane; shapes: fronto-parallel at their own depth;
   shapes are painted far to near, so occlusion agrees with depth),
 - tight boxes (xyxy, end-exclusive, computed from the visible mask) with their shape types,
-- question/answer pairs about the scene.
+- question/answer pairs about the scene,
+- on request, attributes (:func:`scene_attributes`: the dominant shape's colour, the number of
+  shapes, the shape types present) that an encoder can be pretrained on besides the class.
 
 Why this task: the label is a real visual concept (shape), but the dominant object covers most of the
 image and has an outline, so a tiny ViT learns it in a few CPU minutes; a task where the class object
@@ -67,6 +69,11 @@ BACKGROUND_BLUR = 1 / 32
 # A dark outline of this width (fraction of the side; 4 px at 64 px) gives every shape a contour that
 # does not depend on its colour; 1 px outlines learned markedly slower.
 OUTLINE_WIDTH = 1 / 16
+# Scene attributes besides the class that an encoder can be pretrained to predict
+# (``pretrain.attributes``), with their number of classes: the dominant shape's colour, the number of
+# visible shapes minus one, and which shape types are in the scene (multi-label).
+ATTRIBUTES = {"colour": len(COLOURS), "count": 1 + MAX_DISTRACTORS, "shapes": len(SHAPES)}
+MULTI_LABEL = frozenset({"shapes"})
 
 
 def _outline(shape: str) -> np.ndarray:
@@ -248,6 +255,17 @@ def render_scene(seed: int, split: str, index: int, size: int) -> Scene:
     )
 
 
+def scene_attributes(scene: Scene) -> dict[str, torch.Tensor]:
+    """The targets of :data:`ATTRIBUTES` for one scene (class indices; a 0/1 float vector for multi-label)."""
+    shapes = torch.zeros(len(SHAPES))
+    shapes[[o.shape for o in scene.objects]] = 1.0
+    return {
+        "colour": torch.tensor(COLOUR_NAMES.index(scene.objects[0].colour)),
+        "count": torch.tensor(len(scene.objects) - 1),
+        "shapes": shapes,
+    }
+
+
 def render_photo_crop(seed: int, split: str, index: int, size: int) -> np.ndarray:
     """Photo crop ``index`` of ``split`` as uint8 H x W x 3; a pure function of its arguments."""
     _check_split(split)
@@ -259,15 +277,25 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class EmbeddedScenes(Dataset):
-    """``num`` scenes of ``split``: ``{"image", "label"}`` and, with ``annotations``, the dense maps.
+    """``num`` scenes of ``split``: ``{"image", "label"}``; with ``annotations`` also the dense maps,
+    with ``attributes`` also ``"attributes"`` (:func:`scene_attributes`).
 
     Boxes and questions vary in number per scene, so they are not in the collated sample; read them
     from :meth:`scene`.
     """
 
-    def __init__(self, split: str, num: int, size: int = 64, seed: int = 0, annotations: bool = False):
+    def __init__(
+        self,
+        split: str,
+        num: int,
+        size: int = 64,
+        seed: int = 0,
+        annotations: bool = False,
+        attributes: bool = False,
+    ):
         _check_split(split)
         self.split, self.num, self.size, self.seed, self.annotations = split, num, size, seed, annotations
+        self.attributes = attributes
 
     def __len__(self) -> int:
         return self.num
@@ -289,6 +317,8 @@ class EmbeddedScenes(Dataset):
             item["mask"] = torch.from_numpy(s.instance_mask.astype(np.int64))
             item["semantic"] = torch.from_numpy(s.semantic_mask.astype(np.int64))
             item["depth"] = torch.from_numpy(s.depth)[None]
+        if self.attributes:
+            item["attributes"] = scene_attributes(s)
         return item
 
 
@@ -315,15 +345,29 @@ class PhotoCrops(Dataset):
 class EmbeddedMixture(Dataset):
     """Scenes then photo crops, in the proportion ``photo_fraction`` (the tokenizer sees both).
 
-    Index ``i < num_scenes`` is scene ``i``; the rest are photo crops ``i - num_scenes``.
+    Index ``i < num_scenes`` is scene ``i``; the rest are photo crops ``i - num_scenes``. With
+    ``attributes`` (scenes only: a photo crop has none) samples also carry the scene attributes.
     """
 
-    def __init__(self, split: str, num: int, size: int = 64, seed: int = 0, photo_fraction: float = 0.0):
+    def __init__(
+        self,
+        split: str,
+        num: int,
+        size: int = 64,
+        seed: int = 0,
+        photo_fraction: float = 0.0,
+        attributes: bool = False,
+    ):
         if not 0.0 <= photo_fraction <= 1.0:
             raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
+        if attributes and photo_fraction > 0:
+            raise ValueError(
+                f"scene attributes need photo_fraction=0 (photo crops have none), got {photo_fraction}"
+            )
         n_photo = round(num * photo_fraction)
-        self.scenes = EmbeddedScenes(split, num - n_photo, size, seed)
+        self.scenes = EmbeddedScenes(split, num - n_photo, size, seed, attributes=attributes)
         self.photos = PhotoCrops(split, n_photo, size, seed)
+        self.attributes = attributes
 
     def __len__(self) -> int:
         return len(self.scenes) + len(self.photos)
@@ -334,6 +378,8 @@ class EmbeddedMixture(Dataset):
         return self.photos.raw(index - len(self.scenes))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        if self.attributes:
+            return self.scenes[index]
         image, label = self.raw(index)
         return {"image": _to_tensor(image), "label": label}
 
@@ -341,23 +387,38 @@ class EmbeddedMixture(Dataset):
 class CachedDataset(Dataset):
     """An embedded dataset rendered once into uint8 memory, so epochs cost no generation time.
 
-    ``num * 3 * size * size`` bytes: 4096 images of 64 px take 50 MB.
+    ``num * 3 * size * size`` bytes: 4096 images of 64 px take 50 MB (the attributes, if the
+    dataset has them, a few bytes more per image).
     """
 
     def __init__(self, dataset: EmbeddedScenes | PhotoCrops | EmbeddedMixture):
         n = len(dataset)
         images = np.empty((n, dataset_size(dataset), dataset_size(dataset), 3), np.uint8)
         labels = np.empty(n, np.int64)
+        attributes: list[dict[str, torch.Tensor]] = []
+        scenes = dataset.scenes if isinstance(dataset, EmbeddedMixture) else dataset
+        with_attributes = getattr(scenes, "attributes", False)
         for i in range(n):
-            images[i], labels[i] = dataset.raw(i)
+            if with_attributes:  # one rendering for the image, the label and the attributes
+                scene = scenes.scene(i)
+                images[i], labels[i] = scene.image, scene.label
+                attributes.append(scene_attributes(scene))
+            else:
+                images[i], labels[i] = dataset.raw(i)
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(labels)
+        self.attributes = (
+            {key: torch.stack([a[key] for a in attributes]) for key in ATTRIBUTES} if attributes else None
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {"image": self.images[index].float().div_(255.0), "label": int(self.labels[index])}
+        item = {"image": self.images[index].float().div_(255.0), "label": int(self.labels[index])}
+        if self.attributes is not None:
+            item["attributes"] = {key: value[index] for key, value in self.attributes.items()}
+        return item
 
 
 def dataset_size(dataset: EmbeddedScenes | PhotoCrops | EmbeddedMixture) -> int:

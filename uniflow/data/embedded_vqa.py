@@ -17,11 +17,17 @@ Questions of scene ``i`` of (seed, split) come from their own generator, seeded 
 set is the same in every process. The val split is held out (its scenes are other images).
 
 :func:`write_llava_files` writes them as LLaVA data: PNG images under ``images/<split>/``, a training
-json (``id``, ``image``, ``conversations``: one multi-turn conversation per scene, the image in the
-first question, as in ``llava_v1_5_mix665k.json``), and for the held-out split a question jsonl
+json (``id``, ``image``, ``conversations``), and for the held-out split a question jsonl
 (``question_id``, ``image``, ``text``, ``category``) with its answer key in the format of LLaVA's
 answer files (``question_id``, ``text``). The MLLM stage reads only those files, so the embedded
 default and real LLaVA data take one path.
+
+The training json holds, by ``train_turns``, one multi-turn conversation per scene (``"multi"``, the
+image in the first question, as in ``llava_v1_5_mix665k.json``) or one single-turn conversation per
+question (``"single"``). These questions are independent and correlated: in a multi-turn conversation
+an earlier answer ("What shape is the largest object?" "star") gives a later one away ("Is there a
+star in the image?"), a shortcut the model may learn and cannot use on held-out questions, which are
+asked one per prompt. Single turns are asked as the held-out questions are.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from uniflow.data.photos import SPLITS
 from uniflow.io import atomic_path, atomic_write_text
 
 CATEGORIES = ("shape", "colour", "count", "position", "yes/no")
+TRAIN_TURNS = ("multi", "single")
 YES, NO = "yes", "no"
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 # Fraction of the image side around the centre lines where a distractor's quadrant is not asked.
@@ -116,10 +123,12 @@ def _image_path(split: str, index: int) -> str:
     return f"{split}/{index:06d}.png"
 
 
-def _conversation(questions: list[VisualQuestion], rng: np.random.Generator) -> list[dict[str, str]]:
-    """One multi-turn conversation in a per-scene random order, the image with the first question."""
+def _conversation(questions: list[VisualQuestion], rng: np.random.Generator | None) -> list[dict[str, str]]:
+    """One conversation of ``questions`` in a per-scene random order (``rng``; None: as given), the
+    image with the first question."""
     turns: list[dict[str, str]] = []
-    for k, position in enumerate(rng.permutation(len(questions))):
+    order = range(len(questions)) if rng is None else rng.permutation(len(questions))
+    for k, position in enumerate(order):
         q = questions[int(position)]
         turns.append({"from": "human", "value": ("<image>\n" if k == 0 else "") + q.question})
         turns.append({"from": "gpt", "value": q.answer})
@@ -138,32 +147,47 @@ def _save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def write_llava_files(root: str | Path, num_train: int, num_test: int, size: int = 64, seed: int = 0) -> Path:
+def write_llava_files(
+    root: str | Path,
+    num_train: int,
+    num_test: int,
+    size: int = 64,
+    seed: int = 0,
+    train_turns: str = "multi",
+) -> Path:
     """Write the embedded VQA set under ``root`` in LLaVA's formats (see the module docstring).
 
-    ``root/train.json`` holds ``num_train`` training scenes, ``root/questions.jsonl`` and
-    ``root/answers.jsonl`` the questions of ``num_test`` held-out scenes; images under ``root/images/``.
-    An existing complete directory written with the same arguments is reused as is.
+    ``root/train.json`` holds the questions of ``num_train`` training scenes (conversations by
+    ``train_turns``), ``root/questions.jsonl`` and ``root/answers.jsonl`` the questions of
+    ``num_test`` held-out scenes; images under ``root/images/``. An existing complete directory
+    written with the same arguments is reused as is.
     """
     if num_train < 0 or num_test < 1:
         raise ValueError(
             f"num_train must be at least 0 and num_test at least 1, got {num_train} and {num_test}"
         )
+    if train_turns not in TRAIN_TURNS:
+        raise ValueError(f"train_turns must be one of {TRAIN_TURNS}, got {train_turns!r}")
     root = Path(root)
     manifest = {"num_train": num_train, "num_test": num_test, "size": size, "seed": seed}
+    if train_turns != "multi":  # the manifests of existing multi-turn directories stay valid
+        manifest["train_turns"] = train_turns
     done = root / MANIFEST
     if done.is_file() and json.loads(done.read_text()) == manifest:
         return root
     train = []
     for index, scene, questions in _scenes(seed, "train", num_train, size):
         _save_png(scene.image, root / IMAGE_DIR / _image_path("train", index))
+        image = _image_path("train", index)
+        if train_turns == "single":
+            train += [
+                {"id": f"train-{index:06d}-{k}", "image": image, "conversations": _conversation([q], None)}
+                for k, q in enumerate(questions)
+            ]
+            continue
         order = np.random.default_rng((seed, _split_code("train"), _QUESTIONS, index, 1))
         train.append(
-            {
-                "id": f"train-{index:06d}",
-                "image": _image_path("train", index),
-                "conversations": _conversation(questions, order),
-            }
+            {"id": f"train-{index:06d}", "image": image, "conversations": _conversation(questions, order)}
         )
     atomic_write_text(root / TRAIN_JSON, json.dumps(train))
     question_lines, answer_lines = [], []

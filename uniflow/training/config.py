@@ -91,6 +91,13 @@ class PretrainConfig:
     sincos_pos_embed: bool = True
     # embedded backend: labelled training scenes (the classifier never sees the plain photo crops).
     num_train: int = 8192
+    # embedded backend: scene attributes predicted besides the class, each by a linear head on the
+    # same pooled features ("colour", "count", "shapes"; see uniflow.data.embedded.ATTRIBUTES). A
+    # shape classifier alone learns to ignore colour, which a real pretrained encoder keeps; these
+    # targets keep it (and the count, and the small shapes) in the tokens. The heads are not exported.
+    attributes: list[str] = field(default_factory=list)
+    # Weight of each attribute's loss beside the class's cross-entropy (weight 1).
+    attribute_weight: float = 1.0
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 
 from uniflow.config import ConfigError
 from uniflow.data.datamodule import UniFlowDataModule
-from uniflow.data.embedded import NO_LABEL
+from uniflow.data.embedded import ATTRIBUTES, MULTI_LABEL, NO_LABEL
 from uniflow.encoders.timm_encoder import create_timm_vit, timm_normalization
 from uniflow.io import atomic_write
 from uniflow.nn.embeddings import sincos_2d_position_embedding
@@ -57,7 +57,11 @@ def sincos_position_embedding_(model: nn.Module) -> None:
 
 
 class EncoderPretrainModule(L.LightningModule):
-    """Cross-entropy training of a timm ViT classifier on ``{"image", "label"}`` batches."""
+    """Cross-entropy training of a timm ViT classifier on ``{"image", "label"}`` batches.
+
+    With ``pretrain.attributes``, linear heads on the classifier's pooled features also predict the
+    batches' ``"attributes"`` (cross-entropy; binary cross-entropy for multi-label ones).
+    """
 
     def __init__(
         self,
@@ -81,40 +85,85 @@ class EncoderPretrainModule(L.LightningModule):
             max_steps,
         )
         self.model = create_timm_vit(_fresh(encoder), num_classes=num_classes)
+        self.attribute_heads = nn.ModuleDict(
+            {name: nn.Linear(self.model.num_features, ATTRIBUTES[name]) for name in pretrain.attributes}
+        )
         if pretrain.sincos_pos_embed and not encoder.pretrained:
             sincos_position_embedding_(self.model)
         mean, std = timm_normalization(encoder, self.model)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.val_accuracy = MeanMetric()
+        self.val_attribute_accuracy = nn.ModuleDict({name: MeanMetric() for name in pretrain.attributes})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model((images - self.mean) / self.std)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        labels = batch["label"]
-        loss = F.cross_entropy(
-            logits.float(), labels, ignore_index=NO_LABEL, label_smoothing=self.pretrain_cfg.label_smoothing
+    def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Class logits and each attribute head's logits, from one pass of the encoder."""
+        pooled = self.model.forward_head(
+            self.model.forward_features((images - self.mean) / self.std), pre_logits=True
         )
-        check_finite(self, {"cross_entropy": loss.detach()}, "loss")
+        heads = {name: head(pooled).float() for name, head in self.attribute_heads.items()}
+        return self.model.head(pooled).float(), heads
+
+    def _batch_attributes(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if not self.attribute_heads:
+            return {}
+        if "attributes" not in batch:
+            raise ValueError(
+                f"pretrain.attributes={list(self.attribute_heads)} but the batches carry no scene "
+                "attributes (only the embedded backend's scenes have them)"
+            )
+        return batch["attributes"]
+
+    @staticmethod
+    def _correct(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample correctness (multi-label: every label right)."""
+        if name in MULTI_LABEL:
+            return ((logits > 0) == (target > 0.5)).all(-1).float()
+        return (logits.argmax(-1) == target).float()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, attribute_logits = self._logits(batch["image"])
+        labels = batch["label"]
+        terms = {
+            "cross_entropy": F.cross_entropy(
+                logits, labels, ignore_index=NO_LABEL, label_smoothing=self.pretrain_cfg.label_smoothing
+            )
+        }
+        targets = self._batch_attributes(batch)
+        for name, head_logits in attribute_logits.items():
+            terms[name] = (
+                F.binary_cross_entropy_with_logits(head_logits, targets[name].float())
+                if name in MULTI_LABEL
+                else F.cross_entropy(head_logits, targets[name])
+            )
+            self.log(f"train/{name}_accuracy", self._correct(name, head_logits, targets[name]).mean())
+        check_finite(self, {k: v.detach() for k, v in terms.items()}, "loss")
+        loss = terms.pop("cross_entropy") + self.pretrain_cfg.attribute_weight * sum(terms.values())
         known = labels != NO_LABEL
         accuracy = (logits.argmax(-1)[known] == labels[known]).float().mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/accuracy", accuracy, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         labels = batch["label"]
         known = labels != NO_LABEL
-        correct = (self(batch["image"]).argmax(-1) == labels)[known].float()
+        logits, attribute_logits = self._logits(batch["image"])
+        correct = (logits.argmax(-1) == labels)[known].float()
         if correct.numel():
             self.val_accuracy.update(correct)
         self.log("val/accuracy", self.val_accuracy, on_epoch=True, prog_bar=True)
+        targets = self._batch_attributes(batch)
+        for name, head_logits in attribute_logits.items():
+            self.val_attribute_accuracy[name].update(self._correct(name, head_logits, targets[name]))
+            self.log(f"val/{name}_accuracy", self.val_attribute_accuracy[name], on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]
         groups = weight_decay_groups(params, o.weight_decay, o.lr, "model")
         return adamw_warmup_cosine(groups, o, self.max_steps)
 
@@ -161,7 +210,8 @@ def _num_classes(data: UniFlowDataModule) -> int:
 
 def _data(cfg: Any) -> StepDataModule:
     # Only labelled images: the plain photo crops of the embedded mixture carry no class.
-    return StepDataModule(UniFlowDataModule.from_config(dataclasses.replace(cfg.data, photo_fraction=0.0)))
+    data = dataclasses.replace(cfg.data, photo_fraction=0.0)
+    return StepDataModule(UniFlowDataModule.from_config(data, attributes=bool(cfg.pretrain.attributes)))
 
 
 def _module(cfg: Any) -> EncoderPretrainModule:
@@ -176,10 +226,13 @@ def _export(module: EncoderPretrainModule, trainer: L.Trainer, path: Path) -> di
     interval = min(module.trainer.val_check_interval, trainer.max_steps)
     if trainer.global_step % interval != 0:
         trainer.validate(module, datamodule=trainer.datamodule, verbose=False)
-    accuracy = trainer.callback_metrics.get("val/accuracy")
+    metrics = trainer.callback_metrics
     if trainer.is_global_zero:
         module.save_encoder(path)
-    return {"val_accuracy": float(accuracy) if accuracy is not None else None}
+    names = ["accuracy"] + [f"{name}_accuracy" for name in module.attribute_heads]
+    return {
+        f"val_{name}": float(metrics[f"val/{name}"]) if f"val/{name}" in metrics else None for name in names
+    }
 
 
 def _check(cfg: Any) -> None:
@@ -187,6 +240,16 @@ def _check(cfg: Any) -> None:
         raise ConfigError(
             f"config key 'pretrain.enabled': encoder pretraining builds timm models, but "
             f"tokenizer.encoder.backend is {cfg.tokenizer.encoder.backend!r}"
+        )
+    unknown = sorted(set(cfg.pretrain.attributes) - set(ATTRIBUTES))
+    if unknown:
+        raise ConfigError(
+            f"config key 'pretrain.attributes': unknown attribute(s) {unknown}; known: {sorted(ATTRIBUTES)}"
+        )
+    if cfg.pretrain.attributes and cfg.data.backend != "embedded":
+        raise ConfigError(
+            "config key 'pretrain.attributes': scene attributes exist only for data.backend='embedded', "
+            f"not {cfg.data.backend!r}"
         )
     if cfg.data.backend == "ffcv":
         raise ConfigError(
@@ -201,6 +264,42 @@ def export_path(cfg: Any) -> Path:
     return (
         Path(explicit) if explicit else RunDirectory.of(cfg.output_dir, cfg.pretrain.name).export(EXPORT_NAME)
     )
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(f"{prefix}.{key}", item).items()}
+    return {prefix: value}
+
+
+def recipe_changes(cfg: Any) -> list[str]:
+    """The keys of the pretrain recipe and encoder architecture on which ``cfg`` and the pretrain run
+    whose export it would reuse disagree (empty when there is no such run to compare with).
+
+    A changed recipe would otherwise be silently ignored: the tokenizer reuses an existing export.
+    """
+    if cfg.tokenizer.encoder.checkpoint:
+        return []  # an encoder named explicitly is the user's to vouch for
+    saved = RunDirectory.of(cfg.output_dir, cfg.pretrain.name).config
+    if not saved.is_file():
+        return []
+    from uniflow.config import load_config
+
+    try:
+        previous = load_config(saved)
+    except ConfigError as err:
+        raise ConfigError(f"{saved} (the pretrained encoder's run) no longer loads: {err}") from err
+    wanted = upstream_config(cfg)
+    changed = []
+    for section, old_value, new_value in (
+        ("pretrain", previous.pretrain, wanted.pretrain),
+        ("tokenizer.encoder", previous.tokenizer.encoder, wanted.tokenizer.encoder),
+    ):
+        old, new = _flat(section, old_value), _flat(section, new_value)
+        changed += [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    return changed
 
 
 def upstream_config(cfg: Any) -> Any:

@@ -82,6 +82,20 @@ def _prepare(cfg: Any, metrics: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, encoder=encoder))
 
 
+def _check_reused_encoder(cfg: Any) -> None:
+    """An existing pretrain export is reused only while the recipe and encoder that made it still hold."""
+    from uniflow.training.pretrain import export_path, recipe_changes
+
+    path = export_path(cfg)
+    changed = recipe_changes(cfg) if path.is_file() else []
+    if changed:
+        raise ConfigError(
+            f"config key {changed[0]!r}: the pretrained encoder {path} was trained with another "
+            f"pretrain recipe or encoder (differing keys: {', '.join(changed)}); delete "
+            f"{path.parent} to pretrain it again, or set pretrain.name to a new run name"
+        )
+
+
 def _check(cfg: Any) -> None:
     if cfg.optim.ema_decay > 0 and cfg.trainer.precision == "bf16-true":
         # bf16-true casts the whole module, the average included: an update of (1 - decay) times a
@@ -98,6 +112,7 @@ def _check(cfg: Any) -> None:
             raise ConfigError(
                 f"config key 'pretrain.max_steps' must be at least 1, got {cfg.pretrain.max_steps}"
             )
+        _check_reused_encoder(cfg)
     elif cfg.tokenizer.encoder.checkpoint and not Path(cfg.tokenizer.encoder.checkpoint).is_file():
         raise ConfigError(
             f"config key 'tokenizer.encoder.checkpoint': file not found: {cfg.tokenizer.encoder.checkpoint} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from uniflow.config import choice
+from uniflow.data.embedded_vqa import TRAIN_TURNS
 
 # LLaVA-1.5 stage 1 ("pretrain": the connector alone on captions, the ``plain`` template) and
 # stage 2 ("instruct": connector and LLM on instruction data, the conversation template).
@@ -55,6 +56,9 @@ class EmbeddedVQAConfig:
     num_train: int = 2048
     num_test: int = 128
     seed: int = 0
+    # "multi": one multi-turn conversation per training scene; "single": one conversation per
+    # question, as the held-out questions are asked (see uniflow/data/embedded_vqa.py for why).
+    train_turns: str = choice("multi", *TRAIN_TURNS)
 
 
 @dataclass

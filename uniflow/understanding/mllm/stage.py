@@ -179,8 +179,11 @@ def _embedded_files(cfg: Any) -> Any:
     m: MLLMConfig = cfg.mllm
     e = m.embedded
     size = load_tokenizer_config(tokenizer_export(m.tokenizer) / CONFIG_FILE).image_size
-    root = cache_dir() / "embedded_vqa" / f"train{e.num_train}-test{e.num_test}-{size}px-seed{e.seed}"
-    write_llava_files(root, e.num_train, e.num_test, size, e.seed)
+    name = f"train{e.num_train}-test{e.num_test}-{size}px-seed{e.seed}"
+    if e.train_turns != "multi":
+        name += f"-{e.train_turns}-turn"
+    root = cache_dir() / "embedded_vqa" / name
+    write_llava_files(root, e.num_train, e.num_test, size, e.seed, e.train_turns)
     answer = m.answer
     if answer.questions is None:
         answer = dataclasses.replace(
