@@ -177,8 +177,8 @@ def write_llava_files(
         return root
     train = []
     for index, scene, questions in _scenes(seed, "train", num_train, size):
-        _save_png(scene.image, root / IMAGE_DIR / _image_path("train", index))
         image = _image_path("train", index)
+        _save_png(scene.image, root / IMAGE_DIR / image)
         if train_turns == "single":
             train += [
                 {"id": f"train-{index:06d}-{k}", "image": image, "conversations": _conversation([q], None)}

@@ -96,9 +96,6 @@ class EncoderPretrainModule(L.LightningModule):
         self.val_accuracy = MeanMetric()
         self.val_attribute_accuracy = nn.ModuleDict({name: MeanMetric() for name in pretrain.attributes})
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
-
     def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Class logits and each attribute head's logits, from one pass of the encoder."""
         pooled = self.model.forward_head(
@@ -266,14 +263,6 @@ def export_path(cfg: Any) -> Path:
     )
 
 
-def _flat(prefix: str, value: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(f"{prefix}.{key}", item).items()}
-    return {prefix: value}
-
-
 def recipe_changes(cfg: Any) -> list[str]:
     """The keys of the pretrain recipe and encoder architecture on which ``cfg`` and the pretrain run
     whose export it would reuse disagree (empty when there is no such run to compare with).
@@ -285,7 +274,7 @@ def recipe_changes(cfg: Any) -> list[str]:
     saved = RunDirectory.of(cfg.output_dir, cfg.pretrain.name).config
     if not saved.is_file():
         return []
-    from uniflow.config import load_config
+    from uniflow.config import flatten, load_config, to_dict
 
     try:
         previous = load_config(saved)
@@ -297,7 +286,7 @@ def recipe_changes(cfg: Any) -> list[str]:
         ("pretrain", previous.pretrain, wanted.pretrain),
         ("tokenizer.encoder", previous.tokenizer.encoder, wanted.tokenizer.encoder),
     ):
-        old, new = _flat(section, old_value), _flat(section, new_value)
+        old, new = flatten(to_dict(old_value), f"{section}."), flatten(to_dict(new_value), f"{section}.")
         changed += [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
     return changed
 

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from uniflow.config import ConfigError, to_dict, to_yaml
+from uniflow.config import ConfigError, flatten, to_dict, to_yaml
 from uniflow.hardware import resolve_precision
 from uniflow.io import atomic_write_text, remove_stale_partials
 from uniflow.run_dir import RunDirectory
@@ -194,22 +194,17 @@ def run_stage(stage: Stage, cfg: RunConfig, callbacks: Sequence[L.Callback] = ()
     )
     if trainer.is_global_zero:
         atomic_write_text(directory.config, to_yaml(cfg))
-        trainer.logger.log_hyperparams(_flat(to_dict(cfg)))  # type: ignore[union-attr]
+        # TensorBoard's hparams take scalars and strings only.
+        hparams = {
+            k: str(v) if isinstance(v, (list, tuple)) or v is None else v
+            for k, v in flatten(to_dict(cfg)).items()
+        }
+        trainer.logger.log_hyperparams(hparams)  # type: ignore[union-attr]
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     _finish_fit(trainer, directory)
     metrics = stage.export(module, trainer, directory.export(stage.export_name))
     trainer.strategy.barrier()
     return StageResult(directory, trainer.is_global_zero, trainer.global_step, metrics)
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value) if isinstance(value, (list, tuple)) or value is None else value
-    return out
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
