@@ -33,6 +33,7 @@ from uniflow.understanding.mllm import (
     load_smollm2_tokenizer,
     parse_llava_conversations,
 )
+from uniflow.understanding.mllm.generate import shared_start
 
 VISION_DIM = 8
 
@@ -398,6 +399,28 @@ def test_batched_greedy_answers_equal_batch_one_answers(tokenizer, tiny_lm):
         sequence = torch.cat([sequence, tiny_lm(sequence).logits[:, -1:].argmax(-1)], dim=1)
     reference = sequence[0, len(text_only["input_ids"]) :]
     assert alone[2] == tokenizer.decode(reference, skip_special_tokens=True).strip()
+
+
+def test_prompts_about_one_image_share_their_start_and_keep_their_answers(tokenizer, tiny_lm):
+    probe = MLLMProbe(tiny_lm, tokenizer, VISION_DIM)
+    images = image_features(2)
+    questions = ["Is there a star in the image?", "Is there a cross?", "What colour is the largest shape?"]
+    samples = []
+    for k, image in enumerate(images):
+        for q in questions[: 3 - k]:  # 3 prompts on the first image, 2 on the second, lengths differ
+            sample = encoded_sample(tokenizer, f"{k}-{q}", q, template="chat")
+            samples.append({**sample, "image_features": image})
+    batch = collate_mllm(samples, probe.pad_token_id)
+    start = shared_start(batch)
+    assert start is not None and start.images == [0, 3] and start.image_of_row == [0, 0, 0, 1, 1]
+    assert (batch["input_ids"][0, : start.length] == IMAGE_TOKEN_INDEX).any()
+    alone = generate_answers(probe, samples, batch_size=1, max_new_tokens=6)
+    assert generate_answers(probe, samples, batch_size=len(samples), max_new_tokens=6) == alone
+    assert len(set(alone)) > 1  # the answers depend on the prompt, so equality says something
+    # Nothing to share: one image per prompt, or a prompt without an image.
+    assert shared_start(collate_mllm([samples[0], samples[3]], probe.pad_token_id)) is None
+    text_only = encoded_sample(tokenizer, "t", "Hello?", with_image=False, template="chat")
+    assert shared_start(collate_mllm([samples[0], samples[1], text_only], probe.pad_token_id)) is None
 
 
 # --- SmolLM2 -------------------------------------------------------------------------------------

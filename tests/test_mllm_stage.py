@@ -15,6 +15,7 @@ from mllm_fakes import MLLM_YAML, mllm_overrides, save_tiny_lm
 from PIL import Image
 
 from uniflow.config import load_config
+from uniflow.data.embedded import SHAPES
 from uniflow.data.embedded_vqa import CATEGORIES, embedded_questions, write_llava_files
 from uniflow.data.vqa_formats import read_llava_answers, read_llava_questions, read_llava_training_json
 from uniflow.understanding.mllm.answering import score_answers
@@ -49,8 +50,6 @@ def test_embedded_questions_are_deterministic_balanced_and_answered_by_the_scene
         again = embedded_questions(0, "train", index, 64)[1]
         assert questions == again
         by = {q.category: q for q in questions}
-        from uniflow.data.embedded import SHAPES
-
         assert by["shape"].answer == SHAPES[scene.label]
         assert by["colour"].answer == scene.objects[0].colour
         assert by["count"].answer == str(len(scene.objects))
@@ -95,6 +94,21 @@ def test_embedded_questions_are_written_in_llava_formats(tmp_path):
     assert (root / "questions.jsonl").read_text() == held_out
     with pytest.raises(ValueError, match="train_turns"):
         write_llava_files(root, num_train=3, num_test=2, size=32, train_turns="double")
+    # Every shape type asked in training: yes exactly for the shapes in the scene; held-out unchanged.
+    write_llava_files(root, num_train=3, num_test=2, size=32, train_turns="single", train_existence="every")
+    every = read_llava_training_json(root / "train.json")
+    for index in range(3):
+        scene = embedded_questions(0, "train", index, 32)[0]
+        present = {SHAPES[o.shape] for o in scene.objects}
+        asked = {
+            s.conversations[0].value.split("Is there a ")[1].split(" in")[0]: s.conversations[1].value
+            for s in every
+            if s.image == f"train/{index:06d}.png" and "Is there a" in s.conversations[0].value
+        }
+        assert asked == {shape: "yes" if shape in present else "no" for shape in SHAPES}
+    assert (root / "questions.jsonl").read_text() == held_out
+    with pytest.raises(ValueError, match="train_existence"):
+        write_llava_files(root, num_train=3, num_test=2, size=32, train_existence="some")
 
 
 def test_scores_route_yes_no_to_pope_and_open_answers_to_exact_match():

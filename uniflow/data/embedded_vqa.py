@@ -11,7 +11,9 @@ fix exactly:
   ``POSITION_MARGIN`` of either centre line is not asked about (its quadrant is ambiguous);
 - ``yes/no`` object existence, as POPE asks it ("Is there a <object> in the image?"): once about a
   shape that is in the scene (yes, drawn uniformly from the shapes present, so small distractors are
-  asked about as often as the dominant shape) and once about one that is not (no).
+  asked about as often as the dominant shape) and once about one that is not (no). Training scenes
+  can instead be asked about every shape type (``existence="every"``: yes for each present, no for
+  each absent), as POPE's annotations cover every object; held-out scenes are always asked the pair.
 
 Questions of scene ``i`` of (seed, split) come from their own generator, seeded like the scene, so the
 set is the same in every process. The val split is held out (its scenes are other images).
@@ -46,6 +48,7 @@ from uniflow.io import atomic_path, atomic_write_text
 
 CATEGORIES = ("shape", "colour", "count", "position", "yes/no")
 TRAIN_TURNS = ("multi", "single")
+EXISTENCE = ("pair", "every")
 YES, NO = "yes", "no"
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 # Fraction of the image side around the centre lines where a distractor's quadrant is not asked.
@@ -79,8 +82,11 @@ def _quadrant(box: tuple[int, int, int, int], size: int) -> str | None:
     return f"{'top' if cy < 0 else 'bottom'} {'left' if cx < 0 else 'right'}"
 
 
-def scene_questions(scene: Scene, rng: np.random.Generator, size: int) -> list[VisualQuestion]:
-    """The questions about ``scene`` (rendered at ``size`` px), in a fixed order, drawn with ``rng``."""
+def scene_questions(
+    scene: Scene, rng: np.random.Generator, size: int, existence: str = "pair"
+) -> list[VisualQuestion]:
+    """The questions about ``scene`` (rendered at ``size`` px), in a fixed order, drawn with ``rng``;
+    ``existence``: one present and one absent shape ("pair") or every shape type ("every")."""
     dominant = scene.objects[0]
     questions = [
         VisualQuestion("What shape is the largest object?", SHAPES[dominant.shape], "shape"),
@@ -98,6 +104,11 @@ def scene_questions(scene: Scene, rng: np.random.Generator, size: int) -> list[V
         questions.append(VisualQuestion(f"Where is the {_name(obj)}?", quadrant, "position"))
     present = sorted({o.shape for o in scene.objects})
     absent = [s for s in range(len(SHAPES)) if s not in present]
+    if existence == "every":
+        return questions + [
+            VisualQuestion(f"Is there a {name} in the image?", YES if k in present else NO, "yes/no")
+            for k, name in enumerate(SHAPES)
+        ]
     shape = present[int(rng.integers(len(present)))]
     yes = VisualQuestion(f"Is there a {SHAPES[shape]} in the image?", YES, "yes/no")
     shape = absent[int(rng.integers(len(absent)))]
@@ -112,11 +123,15 @@ def _split_code(split: str) -> int:
     return SPLITS.index(split)
 
 
-def embedded_questions(seed: int, split: str, index: int, size: int) -> tuple[Scene, list[VisualQuestion]]:
+def embedded_questions(
+    seed: int, split: str, index: int, size: int, existence: str = "pair"
+) -> tuple[Scene, list[VisualQuestion]]:
     """Scene ``index`` of (seed, split) and its questions; a pure function of its arguments."""
+    if existence not in EXISTENCE:
+        raise ValueError(f"existence must be one of {EXISTENCE}, got {existence!r}")
     scene = render_scene(seed, split, index, size)
     rng = np.random.default_rng((seed, _split_code(split), _QUESTIONS, index))
-    return scene, scene_questions(scene, rng, size)
+    return scene, scene_questions(scene, rng, size, existence)
 
 
 def _image_path(split: str, index: int) -> str:
@@ -135,9 +150,11 @@ def _conversation(questions: list[VisualQuestion], rng: np.random.Generator | No
     return turns
 
 
-def _scenes(seed: int, split: str, num: int, size: int) -> Iterator[tuple[int, Scene, list[VisualQuestion]]]:
+def _scenes(
+    seed: int, split: str, num: int, size: int, existence: str = "pair"
+) -> Iterator[tuple[int, Scene, list[VisualQuestion]]]:
     for index in range(num):
-        scene, questions = embedded_questions(seed, split, index, size)
+        scene, questions = embedded_questions(seed, split, index, size, existence)
         yield index, scene, questions
 
 
@@ -154,12 +171,13 @@ def write_llava_files(
     size: int = 64,
     seed: int = 0,
     train_turns: str = "multi",
+    train_existence: str = "pair",
 ) -> Path:
     """Write the embedded VQA set under ``root`` in LLaVA's formats (see the module docstring).
 
     ``root/train.json`` holds the questions of ``num_train`` training scenes (conversations by
-    ``train_turns``), ``root/questions.jsonl`` and ``root/answers.jsonl`` the questions of
-    ``num_test`` held-out scenes; images under ``root/images/``. An existing complete directory
+    ``train_turns``; existence questions by ``train_existence``), ``root/questions.jsonl`` and
+    ``root/answers.jsonl`` the questions of ``num_test`` held-out scenes; images under ``root/images/``. An existing complete directory
     written with the same arguments is reused as is.
     """
     if num_train < 0 or num_test < 1:
@@ -168,15 +186,19 @@ def write_llava_files(
         )
     if train_turns not in TRAIN_TURNS:
         raise ValueError(f"train_turns must be one of {TRAIN_TURNS}, got {train_turns!r}")
+    if train_existence not in EXISTENCE:
+        raise ValueError(f"train_existence must be one of {EXISTENCE}, got {train_existence!r}")
     root = Path(root)
     manifest = {"num_train": num_train, "num_test": num_test, "size": size, "seed": seed}
     if train_turns != "multi":  # the manifests of existing multi-turn directories stay valid
         manifest["train_turns"] = train_turns
+    if train_existence != "pair":
+        manifest["train_existence"] = train_existence
     done = root / MANIFEST
     if done.is_file() and json.loads(done.read_text()) == manifest:
         return root
     train = []
-    for index, scene, questions in _scenes(seed, "train", num_train, size):
+    for index, scene, questions in _scenes(seed, "train", num_train, size, train_existence):
         image = _image_path("train", index)
         _save_png(scene.image, root / IMAGE_DIR / image)
         if train_turns == "single":

@@ -49,8 +49,10 @@ def ask(
     prompt_suffix: str = "",
     batch_size: int = 16,
     max_new_tokens: int = 16,
+    share_start: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """Greedy answers to ``questions`` and the prompts they were given."""
+    """Greedy answers to ``questions`` and the prompts they were given (``share_start``: see
+    :func:`uniflow.understanding.mllm.generate.greedy_generate`)."""
     folder = Path(image_folder)
     answers: list[str] = []
     prompts: list[str] = []
@@ -73,7 +75,9 @@ def ask(
                     "image": load_square_image(folder / q.image, image_size, background),
                 }
             )
-        answers += generate_answers(probe, samples, len(samples), max_new_tokens, template.stop_strings)
+        answers += generate_answers(
+            probe, samples, len(samples), max_new_tokens, template.stop_strings, share_start
+        )
     return answers, prompts
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from uniflow.config import choice
-from uniflow.data.embedded_vqa import TRAIN_TURNS
+from uniflow.data.embedded_vqa import EXISTENCE, TRAIN_TURNS
 
 # LLaVA-1.5 stage 1 ("pretrain": the connector alone on captions, the ``plain`` template) and
 # stage 2 ("instruct": connector and LLM on instruction data, the conversation template).
@@ -59,6 +59,9 @@ class EmbeddedVQAConfig:
     # "multi": one multi-turn conversation per training scene; "single": one conversation per
     # question, as the held-out questions are asked (see uniflow/data/embedded_vqa.py for why).
     train_turns: str = choice("multi", *TRAIN_TURNS)
+    # Existence questions of a training scene: "pair" (one present shape, one absent, as held-out
+    # scenes are asked) or "every" (each shape type, yes or no).
+    train_existence: str = choice("pair", *EXISTENCE)
 
 
 @dataclass
@@ -104,6 +107,11 @@ class MLLMConfig:
     # the folder its `image` paths are relative to. None: the embedded visual questions.
     train_json: str | None = None
     image_folder: str | None = None
+    # Train on every sample that shows one image as one packed sequence: their common prefix (system
+    # prompt, image tokens) computed once, each sample's turn attending to it and to itself only. The
+    # loss is the separate samples'; data.batch_size then counts images. For many single-turn
+    # questions per image (uniflow/understanding/mllm/packing.py).
+    pack_by_image: bool = False
     embedded: EmbeddedVQAConfig = field(default_factory=EmbeddedVQAConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     # Also train the same probe on the teacher's tokens (run <name>_teacher, before this one) and

@@ -4,7 +4,8 @@ Images get LLaVA-1.5's ``image_aspect_ratio: pad`` treatment (``expand2square``)
 padded to a square with the encoder's normalisation mean as the colour (LLaVA uses its image
 processor's mean), then the square is resized to the vision tokens' input size (bicubic). Text goes
 through :func:`encode_conversation` (labels piece by piece, with its two checks) when a sample is read,
-so a broken sample fails with its id.
+so a broken sample fails with its id. With ``pack_by_image`` an item is every sample that shows one
+image, packed into one sequence (:mod:`uniflow.understanding.mllm.packing`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from uniflow.understanding.mllm.conversation import (
     parse_llava_conversations,
 )
 from uniflow.understanding.mllm.model import collate_mllm
+from uniflow.understanding.mllm.packing import pack_samples
 
 
 def square_image(image: Image.Image, size: int, background: Sequence[float]) -> torch.Tensor:
@@ -56,7 +58,11 @@ def load_square_image(path: str | Path, size: int, background: Sequence[float]) 
 
 
 class LlavaTrainingSet(Dataset):
-    """Samples of a LLaVA training json, encoded with ``template``; images from ``image_folder``."""
+    """Samples of a LLaVA training json, encoded with ``template``; images from ``image_folder``.
+
+    ``pack_by_image``: an item is all samples with the same ``image`` (in the json's order), packed
+    into one sequence that computes their common prefix once; samples without an image stay alone.
+    """
 
     def __init__(
         self,
@@ -66,6 +72,7 @@ class LlavaTrainingSet(Dataset):
         template: Template,
         image_size: int,
         background: Sequence[float],
+        pack_by_image: bool = False,
     ) -> None:
         if not samples:
             raise ValueError("the LLaVA training json holds no samples")
@@ -77,11 +84,22 @@ class LlavaTrainingSet(Dataset):
         self.image_folder = Path(image_folder) if image_folder is not None else None
         self.tokenizer, self.template = tokenizer, template
         self.image_size, self.background = image_size, tuple(background)
+        groups: dict[str | int, list[int]] = {}
+        for index, sample in enumerate(self.samples):
+            key = sample.image if pack_by_image and sample.image else index
+            groups.setdefault(key, []).append(index)
+        self.items = list(groups.values())
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        group = self.items[index]
+        if len(group) == 1:
+            return self._sample(group[0], with_image=True)
+        return pack_samples([self._sample(i, with_image=k == 0) for k, i in enumerate(group)])
+
+    def _sample(self, index: int, with_image: bool) -> dict[str, Any]:
         sample = self.samples[index]
         turns = [{"from": t.role, "value": t.value} for t in sample.conversations]
         messages = parse_llava_conversations(turns, sample.id)
@@ -91,7 +109,7 @@ class LlavaTrainingSet(Dataset):
             raise ValueError(f"sample {sample.id!r} has an image but no {IMAGE_PLACEHOLDER} in its text")
         encoded = encode_conversation(messages, self.tokenizer, self.template, sample.id)
         item: dict[str, Any] = {"id": sample.id, "input_ids": encoded.input_ids, "labels": encoded.labels}
-        if sample.image:
+        if sample.image and with_image:
             assert self.image_folder is not None  # checked in __init__
             item["image"] = load_square_image(
                 self.image_folder / sample.image, self.image_size, self.background
@@ -114,12 +132,14 @@ class MLLMDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int,
         seed: int,
+        pack_by_image: bool = False,
     ) -> None:
         super().__init__()
         self.train_json, self.image_folder = train_json, image_folder
         self.tokenizer, self.template = tokenizer, template
         self.image_size, self.background = image_size, background
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pack_by_image = pack_by_image
         self.train_set: LlavaTrainingSet | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -131,6 +151,7 @@ class MLLMDataModule(L.LightningDataModule):
                 self.template,
                 self.image_size,
                 self.background,
+                self.pack_by_image,
             )
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

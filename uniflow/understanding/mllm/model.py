@@ -20,6 +20,7 @@ from torch import nn
 
 from uniflow.understanding.mllm.connector import Connector
 from uniflow.understanding.mllm.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ConversationError
+from uniflow.understanding.mllm.packing import PAD, PREFIX, turn_attention
 
 # Which parts of the probe learn: LLaVA-1.5 stage 1 trains the connector only; stage 2 the connector
 # and the LLM, in full or through LoRA adapters.
@@ -72,9 +73,10 @@ def collate_mllm(samples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dic
     """Right-padded batch of encoded samples.
 
     A sample holds ``id``, ``input_ids`` (with ``IMAGE_TOKEN_INDEX`` where the image goes), optional
-    ``labels``, and for a sample with a placeholder either ``image`` (``3 x H x W``) or precomputed
-    ``image_features`` (``N x D``). Images (or features) are stacked in sample order, the order in
-    which :meth:`MLLMProbe.prepare_inputs` consumes the placeholders.
+    ``labels``, optional ``turns`` (packed samples, :mod:`uniflow.understanding.mllm.packing`), and for a
+    sample with a placeholder either ``image`` (``3 x H x W``) or precomputed ``image_features``
+    (``N x D``). Images (or features) are stacked in sample order, the order in which
+    :meth:`MLLMProbe.prepare_inputs` consumes the placeholders.
     """
     if not samples:
         raise ValueError("collate_mllm: expected at least one sample")
@@ -83,6 +85,9 @@ def collate_mllm(samples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dic
     attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
     with_labels = all("labels" in s for s in samples)
     labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+    # An unpacked sample is all prefix (plain causal attention) when it shares a batch with packed ones.
+    packed = any("turns" in s for s in samples)
+    turns = torch.full((len(samples), length), PAD, dtype=torch.long)
     visuals: dict[str, list[torch.Tensor]] = {"image": [], "image_features": []}
     for i, sample in enumerate(samples):
         ids = sample["input_ids"]
@@ -90,6 +95,7 @@ def collate_mllm(samples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dic
         attention_mask[i, : len(ids)] = 1
         if with_labels:
             labels[i, : len(ids)] = torch.as_tensor(sample["labels"], dtype=torch.long)
+        turns[i, : len(ids)] = torch.as_tensor(sample.get("turns", [PREFIX] * len(ids)), dtype=torch.long)
         given = [key for key in visuals if sample.get(key) is not None]
         placeholders = list(ids).count(IMAGE_TOKEN_INDEX)
         if placeholders != len(given):
@@ -110,6 +116,8 @@ def collate_mllm(samples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dic
     }
     if with_labels:
         batch["labels"] = labels
+    if packed:
+        batch["turns"] = turns
     return batch
 
 
@@ -206,12 +214,14 @@ class MLLMProbe(nn.Module):
 
         Returns ``inputs_embeds`` (B x L x H), ``attention_mask``, ``position_ids`` (counting real
         tokens only, so a left-padded prompt sees the positions it would see alone) and, when the batch
-        has labels, ``labels`` with ``IGNORE_INDEX`` on image tokens and padding.
+        has labels, ``labels`` with ``IGNORE_INDEX`` on image tokens and padding. A batch of packed
+        samples (``turns``) gets a 4-D attention mask that keeps each turn to the prefix and itself,
+        and each turn's positions as in its own sample (:func:`turn_attention`).
         """
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"].bool()
-        labels = batch.get("labels")
+        labels, turns = batch.get("labels"), batch.get("turns")
         sample_ids = batch.get("ids") or [str(i) for i in range(len(input_ids))]
         images = self.image_embeddings(batch)
         placeholders = int(((input_ids == IMAGE_TOKEN_INDEX) & attention_mask).sum())
@@ -221,12 +231,13 @@ class MLLMProbe(nn.Module):
         embed = self.causal_lm.get_input_embeddings()
         # The sentinel is no vocabulary id; its row is looked up as the pad token and then replaced.
         text = embed(input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, self.pad_token_id))
-        sequences, targets = [], []
+        sequences, targets, row_turns = [], [], []
         consumed = 0
         for b in range(input_ids.shape[0]):
             ids, row = input_ids[b][attention_mask[b]], text[b][attention_mask[b]]
             row_labels = labels[b][attention_mask[b]] if labels is not None else None
-            pieces, label_pieces, start = [], [], 0
+            row_turn = turns[b][attention_mask[b]] if turns is not None else None
+            pieces, label_pieces, turn_pieces, start = [], [], [], 0
             for position in (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist():
                 image = images[consumed]
                 consumed += 1
@@ -236,9 +247,14 @@ class MLLMProbe(nn.Module):
                         row_labels[start:position],
                         row_labels.new_full((image.shape[0],), IGNORE_INDEX),
                     ]
+                if row_turn is not None:
+                    turn_pieces += [row_turn[start:position], row_turn[position].repeat(image.shape[0])]
                 start = position + 1
             pieces.append(row[start:])
             sequences.append(torch.cat(pieces)[: self.max_length])
+            if row_turn is not None:
+                turn_pieces.append(row_turn[start:])
+                row_turns.append(torch.cat(turn_pieces)[: self.max_length])
             if row_labels is not None:
                 label_pieces.append(row_labels[start:])
                 target = torch.cat(label_pieces)[: self.max_length]
@@ -248,16 +264,26 @@ class MLLMProbe(nn.Module):
                         f"to max_length={self.max_length}"
                     )
                 targets.append(target)
-        return self._pad(sequences, targets if labels is not None else None, padding_side)
+        return self._pad(
+            sequences,
+            targets if labels is not None else None,
+            row_turns if turns is not None else None,
+            padding_side,
+        )
 
     def _pad(
-        self, sequences: list[torch.Tensor], targets: list[torch.Tensor] | None, padding_side: str
+        self,
+        sequences: list[torch.Tensor],
+        targets: list[torch.Tensor] | None,
+        turns: list[torch.Tensor] | None,
+        padding_side: str,
     ) -> dict[str, Any]:
         batch, length = len(sequences), max(len(s) for s in sequences)
         first = sequences[0]
         inputs_embeds = first.new_zeros((batch, length, first.shape[-1]))
         attention_mask = torch.zeros((batch, length), dtype=torch.long, device=first.device)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=first.device)
+        turn_ids = torch.full((batch, length), PAD, dtype=torch.long, device=first.device)
         for b, sequence in enumerate(sequences):
             span = (
                 slice(0, len(sequence)) if padding_side == "right" else slice(length - len(sequence), length)
@@ -266,12 +292,16 @@ class MLLMProbe(nn.Module):
             attention_mask[b, span] = 1
             if targets is not None:
                 labels[b, span] = targets[b]
+            if turns is not None:
+                turn_ids[b, span] = turns[b]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         prepared = {
             "inputs_embeds": inputs_embeds,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
         }
+        if turns is not None:
+            prepared["attention_mask"], prepared["position_ids"] = turn_attention(turn_ids, first.dtype)
         if targets is not None:
             prepared["labels"] = labels
         return prepared

@@ -68,6 +68,7 @@ def _data(cfg: Any) -> L.LightningDataModule:
         cfg.data.batch_size,
         cfg.data.num_workers,
         cfg.seed,
+        m.pack_by_image,
     )
 
 
@@ -182,8 +183,10 @@ def _embedded_files(cfg: Any) -> Any:
     name = f"train{e.num_train}-test{e.num_test}-{size}px-seed{e.seed}"
     if e.train_turns != "multi":
         name += f"-{e.train_turns}-turn"
+    if e.train_existence != "pair":
+        name += f"-{e.train_existence}-existence"
     root = cache_dir() / "embedded_vqa" / name
-    write_llava_files(root, e.num_train, e.num_test, size, e.seed, e.train_turns)
+    write_llava_files(root, e.num_train, e.num_test, size, e.seed, e.train_turns, e.train_existence)
     answer = m.answer
     if answer.questions is None:
         answer = dataclasses.replace(
