@@ -107,6 +107,15 @@ def test_embedded_questions_are_written_in_llava_formats(tmp_path):
         }
         assert asked == {shape: "yes" if shape in present else "no" for shape in SHAPES}
     assert (root / "questions.jsonl").read_text() == held_out
+    # Two absent shapes: the pair's questions, then one more "no" about another absent shape.
+    for index in range(20):
+        scene, pair = embedded_questions(0, "train", index, 32)
+        _, two = embedded_questions(0, "train", index, 32, existence="two_absent")
+        assert two[: len(pair)] == pair and two[-1].answer == "no"
+        asked = [q.question for q in two if q.category == "yes/no"]
+        assert len(set(asked)) == 3 and SHAPES.index(two[-1].question.split()[3]) not in {
+            o.shape for o in scene.objects
+        }
     with pytest.raises(ValueError, match="train_existence"):
         write_llava_files(root, num_train=3, num_test=2, size=32, train_existence="some")
 

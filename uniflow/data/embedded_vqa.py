@@ -12,8 +12,9 @@ fix exactly:
 - ``yes/no`` object existence, as POPE asks it ("Is there a <object> in the image?"): once about a
   shape that is in the scene (yes, drawn uniformly from the shapes present, so small distractors are
   asked about as often as the dominant shape) and once about one that is not (no). Training scenes
-  can instead be asked about every shape type (``existence="every"``: yes for each present, no for
-  each absent), as POPE's annotations cover every object; held-out scenes are always asked the pair.
+  can be asked about a second absent shape (``existence="two_absent"``) or about every shape type
+  (``"every"``: yes for each present, no for each absent), as POPE's annotations cover every object;
+  held-out scenes are always asked the pair.
 
 Questions of scene ``i`` of (seed, split) come from their own generator, seeded like the scene, so the
 set is the same in every process. The val split is held out (its scenes are other images).
@@ -48,7 +49,7 @@ from uniflow.io import atomic_path, atomic_write_text
 
 CATEGORIES = ("shape", "colour", "count", "position", "yes/no")
 TRAIN_TURNS = ("multi", "single")
-EXISTENCE = ("pair", "every")
+EXISTENCE = ("pair", "two_absent", "every")
 YES, NO = "yes", "no"
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 # Fraction of the image side around the centre lines where a distractor's quadrant is not asked.
@@ -86,7 +87,8 @@ def scene_questions(
     scene: Scene, rng: np.random.Generator, size: int, existence: str = "pair"
 ) -> list[VisualQuestion]:
     """The questions about ``scene`` (rendered at ``size`` px), in a fixed order, drawn with ``rng``;
-    ``existence``: one present and one absent shape ("pair") or every shape type ("every")."""
+    ``existence``: one present and one absent shape ("pair"), one present and two absent
+    ("two_absent"), or every shape type ("every")."""
     dominant = scene.objects[0]
     questions = [
         VisualQuestion("What shape is the largest object?", SHAPES[dominant.shape], "shape"),
@@ -114,6 +116,10 @@ def scene_questions(
     shape = absent[int(rng.integers(len(absent)))]
     no = VisualQuestion(f"Is there a {SHAPES[shape]} in the image?", NO, "yes/no")
     questions += [yes, no] if rng.random() < 0.5 else [no, yes]
+    if existence == "two_absent":  # at most 4 shapes are present, so 2 of the 6 are always absent
+        others = [a for a in absent if a != shape]
+        second = others[int(rng.integers(len(others)))]
+        questions.append(VisualQuestion(f"Is there a {SHAPES[second]} in the image?", NO, "yes/no"))
     return questions
 
 

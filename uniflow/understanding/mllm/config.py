@@ -60,7 +60,7 @@ class EmbeddedVQAConfig:
     # question, as the held-out questions are asked (see uniflow/data/embedded_vqa.py for why).
     train_turns: str = choice("multi", *TRAIN_TURNS)
     # Existence questions of a training scene: "pair" (one present shape, one absent, as held-out
-    # scenes are asked) or "every" (each shape type, yes or no).
+    # scenes are asked), "two_absent" (one present, two absent) or "every" (each shape type, yes or no).
     train_existence: str = choice("pair", *EXISTENCE)
 
 
