@@ -103,20 +103,21 @@ def _prefill_shared(
     )
     output = model(**head, use_cache=True, logits_to_keep=1)
     cache = output[probe.cache_argument]
-    cache.batch_select_indices(torch.tensor(start.image_of_row, device=head["inputs_embeds"].device))
+    device = head["inputs_embeds"].device  # the model's, where the batch's ids may not be
+    cache.batch_select_indices(torch.tensor(start.image_of_row, device=device))
     prefix = head["inputs_embeds"].shape[1]
     lengths = batch["attention_mask"].sum(1).tolist()
     rests = [batch["input_ids"][b, start.length : lengths[b]] for b in range(len(lengths))]
     width = max(len(r) for r in rests)
     embed = model.get_input_embeddings()
-    ids = torch.full((len(rests), width), probe.pad_token_id, dtype=torch.long, device=rows.device)
-    mask = torch.zeros((len(rests), prefix + width), dtype=torch.long, device=rows.device)
+    ids = torch.full((len(rests), width), probe.pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rests), prefix + width), dtype=torch.long, device=device)
     mask[:, :prefix] = 1
     for b, rest in enumerate(rests):
         ids[b, width - len(rest) :] = rest
         mask[b, prefix + width - len(rest) :] = 1
     positions = prefix + (mask[:, prefix:].cumsum(-1) - 1).clamp(min=0)
-    return cache, embed(ids.to(embed.weight.device)), mask, positions
+    return cache, embed(ids), mask, positions
 
 
 @torch.no_grad()
