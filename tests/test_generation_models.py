@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from uniflow import flow
 from uniflow.generation import (
@@ -257,6 +258,28 @@ def test_rope_gradient():
     table = rope_2d_table(8, 2, 3).double()
     x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: apply_rope(x, table), (x,))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_rms_norm_matches_torch(affine):
+    """The fused-reduction RMSNorm gives nn.RMSNorm's values and gradients, and its dtype under autocast."""
+    from uniflow.nn.dit_blocks import RMSNorm
+
+    ours, theirs = (
+        RMSNorm(16, eps=1e-6, elementwise_affine=affine),
+        nn.RMSNorm(16, eps=1e-6, elementwise_affine=affine),
+    )
+    if affine:
+        with torch.no_grad():
+            theirs.weight.normal_()
+            ours.weight.copy_(theirs.weight)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    torch.testing.assert_close(ours(x), theirs(x))
+    grads = [torch.autograd.grad(m(x).square().sum(), [x, *m.parameters()]) for m in (ours, theirs)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.bfloat16()).dtype == theirs(x.bfloat16()).dtype == torch.bfloat16
 
 
 # -- FlowDiT ---------------------------------------------------------------------------------------

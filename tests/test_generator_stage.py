@@ -292,6 +292,7 @@ def test_summary_prints_the_reconstruction_ceiling_of_the_class_accuracy():
         "frechet_distance": {
             "data": "8 held-out scenes",
             **{name: 1.0 for name in ("unguided", "guided", "gaussian", "reconstruction")},
+            "second_real": 52.25,
         },
         "sampling": {**sampling, "cfg_scale": 3.0, "guidance_interval": None},
         "classifier_accuracy": {
@@ -302,7 +303,9 @@ def test_summary_prints_the_reconstruction_ceiling_of_the_class_accuracy():
             "guided_per_class": {"circle": 0.1, "square": 0.9},
         },
     }
-    assert "tokenizer's reconstructions of those scenes 36.7%" in format_generator_summary(result)
+    printed = format_generator_summary(result)
+    assert "tokenizer's reconstructions of those scenes 36.7%" in printed
+    assert "floor: as many other held-out scenes:    52.25" in printed
 
 
 def test_summary_end_to_end_on_a_tiny_run(
@@ -323,7 +326,10 @@ def test_summary_end_to_end_on_a_tiny_run(
     )
     cfg.generator.latents = str(latents_path(cfg.generator))
     result = evaluate_embedded_generator(cfg, generator_run / "generator", tmp_path)
-    assert set(result["frechet_distance"]) >= {"unguided", "guided", "gaussian", "reconstruction"}
+    distances = result["frechet_distance"]
+    assert set(distances) >= {"unguided", "guided", "gaussian", "reconstruction", "second_real"}
+    # The floor compares two disjoint sets of real scenes: a distance, never the zero of a set with itself.
+    assert 0.0 < distances["second_real"] < float("inf")
     assert "classifier_accuracy" not in result  # the tiny tokenizer's encoder has no pretrained classifier
     probe = result["latent_probe_accuracy"]
     assert set(probe) == {"data", "real", "unguided", "guided"}

@@ -32,7 +32,7 @@ from torch import nn
 from uniflow import flow
 from uniflow.generation.conditioning import ClassConditionedLatents
 from uniflow.nn import sincos_2d_position_embedding
-from uniflow.nn.dit_blocks import LayerKVCache, PreNormBlock
+from uniflow.nn.dit_blocks import LayerKVCache, PreNormBlock, RMSNorm
 from uniflow.tokenizer.decoder import PatchFlowHead, patchify, unpatchify
 
 Order = Literal["random", "raster"]
@@ -154,7 +154,7 @@ class ARFlow(ClassConditionedLatents, nn.Module):
         self.pos = nn.Parameter(sincos_2d_position_embedding(width, *self.grid))
         nn.init.normal_(self.class_embed.weight, std=0.02)
         self.blocks = nn.ModuleList(PreNormBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth))
-        self.norm = nn.RMSNorm(width, eps=1e-6)
+        self.norm = RMSNorm(width, eps=1e-6)
         self.head = PatchFlowHead(self.token_dim, width, head_width, head_depth)
 
     @classmethod
