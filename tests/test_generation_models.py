@@ -258,6 +258,23 @@ def test_rope_gradient():
     table = rope_2d_table(8, 2, 3).double()
     x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: apply_rope(x, table), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: apply_rope(x, table), (x,))
+
+
+def test_rope_is_the_complex_rotation_of_each_pair():
+    """Pair (x_i, x_{i + d/2}) as x_i + i x_{i + d/2}, times e^{i angle}: the RoFormer rotation."""
+    from uniflow.nn.rope import rope_2d_angles
+
+    x = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    angles = rope_2d_angles(8, 3, 4)
+    a, b = x.chunk(2, dim=-1)
+    rotated = torch.complex(a, b) * torch.polar(torch.ones_like(angles), angles)
+    expected = torch.cat([rotated.real, rotated.imag], dim=-1)
+    torch.testing.assert_close(apply_rope(x, rope_2d_table(8, 3, 4).double()), expected)
+    # a non-contiguous view (queries and keys sliced out of one projection) rotates the same
+    qkv = torch.randn(3, 2, 12, 3, 8, dtype=torch.float64).permute(0, 1, 3, 2, 4)
+    table = rope_2d_table(8, 3, 4).double()
+    torch.testing.assert_close(apply_rope(qkv[:2], table), apply_rope(qkv[:2].contiguous(), table))
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -280,6 +297,42 @@ def test_rms_norm_matches_torch(affine):
         torch.testing.assert_close(a, b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x.bfloat16()).dtype == theirs(x.bfloat16()).dtype == torch.bfloat16
+    # the closed-form gradient against finite differences
+    ours = ours.double()
+    x = x.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(ours, (x,))
+
+
+@pytest.mark.parametrize("keys", [16, 300])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_kernel_choice_keeps_values_and_gradients(keys, causal, monkeypatch):
+    """Short bf16 training attention takes the unfused kernel, long the fused one; both are SDPA's function."""
+    from torch.nn.attention import SDPBackend
+
+    from uniflow.nn import dit_blocks
+
+    chosen: list[object] = []
+    real_kernel = dit_blocks.sdpa_kernel
+    monkeypatch.setattr(
+        dit_blocks, "sdpa_kernel", lambda backend: chosen.append(backend) or real_kernel(backend)
+    )
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, keys, 8, generator=gen) for _ in range(3))
+    grad_out = torch.randn(2, 3, keys, 8, generator=gen)
+
+    def run(fn, dtype):
+        inputs = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+        out = fn(*inputs, is_causal=causal)
+        return [out.float(), *(g.float() for g in torch.autograd.grad(out, inputs, grad_out.to(dtype)))]
+
+    ours = run(dit_blocks.attention, torch.bfloat16)
+    assert chosen == ([SDPBackend.MATH] if keys < dit_blocks.CPU_FUSED_MIN_KEYS else [])
+    reference = run(torch.nn.functional.scaled_dot_product_attention, torch.float32)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+    with torch.no_grad():  # sampling keeps the fused kernel (faster forward at every length)
+        dit_blocks.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert len(chosen) == (1 if keys < dit_blocks.CPU_FUSED_MIN_KEYS else 0)
 
 
 # -- FlowDiT ---------------------------------------------------------------------------------------

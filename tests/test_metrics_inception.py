@@ -64,6 +64,20 @@ def test_converted_weights_load_strictly_into_torch_fidelity(converted):
     assert torch.isnan(module.fc.weight).all()  # no classifier: IS from these weights is visibly invalid
 
 
+def test_extractor_folds_batch_norm_and_matches_torch_fidelity(converted):
+    path, _ = converted
+    extractor = InceptionFeatureExtractor(path)
+    plain = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+    )
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    images = inc.real_photo_batch(size=96)
+    with torch.no_grad():
+        ours, theirs = extractor(images), plain(images)[0]
+    assert float((ours - theirs).abs().max()) <= 1e-5
+
+
 def test_inception_score_is_reported_unavailable(converted):
     path, _ = converted
     extractor = InceptionFeatureExtractor(path)

@@ -1,11 +1,12 @@
 """FlowDiT: a class-conditional flow transformer on the tokenizer's latent grid.
 
-DiT (Peebles & Xie 2023) with LightningDiT's blocks (RMSNorm, SwiGLU, 2-D RoPE, optional QK-norm,
-adaLN-zero; Yao et al. 2025) trained as a rectified flow with the project's convention (t = 0 data,
-t = 1 noise, velocity target ``eps - x``), logit-normal times and the dimension-dependent time shift
-of RAE (Zheng et al. 2025). The optional wide head is RAE's DiT^DH: a few wide blocks that embed
-the noisy tokens again and are conditioned per token by the trunk's output, so that the final
-projection is wider than the token it predicts even for high-channel latents.
+DiT (Peebles & Xie 2023) with LightningDiT's blocks (RMSNorm, SwiGLU, 2-D RoPE, adaLN-zero and an
+optional QK-norm, off by default as in LightningDiT's and RAE's released configs; Yao et al. 2025)
+trained as a rectified flow with the project's convention (t = 0 data, t = 1 noise, velocity target
+``eps - x``), logit-normal times and the dimension-dependent time shift of RAE (Zheng et al. 2025).
+The optional wide head is RAE's DiT^DH: a few wide blocks that embed the noisy tokens again and are
+conditioned per token by the trunk's output, so that the final projection is wider than the token
+it predicts even for high-channel latents.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class FlowDiT(ClassConditionedLatents, nn.Module):
         width: int = 384,
         heads: int = 6,
         mlp_ratio: float = 4.0,
-        qk_norm: bool = True,
+        qk_norm: bool = False,
         rope: bool = True,
         head_depth: int = 0,
         head_width: int = 0,

@@ -32,6 +32,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
@@ -361,6 +362,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
+def _inference_layout(net: FeatureExtractorInceptionV3) -> FeatureExtractorInceptionV3:
+    """The frozen network with each batch norm folded into its convolution, in channels-last layout.
+
+    The same function of the same weights (features within 1e-5 of the unfolded module's), in fewer
+    passes: oneDNN's convolutions and pools run faster on channels-last activations, and a folded
+    batch norm is a bias add instead of a pass of its own. 1.5-1.65x on 2-core Xeons with and
+    without AVX-512 (``python benchmarks/speed/bench_inception.py``); the FID of every summary and
+    ``eval`` row spends most of its time here.
+    """
+    for block in net.modules():
+        if isinstance(getattr(block, "bn", None), nn.BatchNorm2d) and isinstance(
+            getattr(block, "conv", None), nn.Conv2d
+        ):
+            block.conv, block.bn = fuse_conv_bn_eval(block.conv, block.bn), nn.Identity()
+    return net.to(memory_format=torch.channels_last)
+
+
 class InceptionFeatureExtractor(nn.Module):
     """uint8 or [0, 1] float images -> 2048-d FID features (and logits when the classifier exists)."""
 
@@ -371,8 +389,10 @@ class InceptionFeatureExtractor(nn.Module):
         self.weights = weights
         self.has_classifier = weights.has_classifier
         features = ["2048", "logits_unbiased"] if self.has_classifier else ["2048"]
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", features, feature_extractor_weights_path=str(weights.path)
+        self.net = _inference_layout(
+            FeatureExtractorInceptionV3(
+                "inception-v3-compat", features, feature_extractor_weights_path=str(weights.path)
+            )
         )
 
     def inception_score_unavailable_reason(self) -> str | None:

@@ -16,27 +16,59 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from uniflow.nn.rope import apply_rope
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2) + eps) [* weight]`` with its gradient written out.
+
+    Autograd's composite (norm, scale, gain) walks the activations about six times backward; the
+    closed form ``r (g - x_hat mean(g x_hat))`` takes one dot product per row, one fused multiply-add
+    and one in-place scaling.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:  # type: ignore[override]
+        stat_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        mean_square = (
+            torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stat_dtype).square_() / x.shape[-1]
+        )
+        r = torch.rsqrt(mean_square + eps)
+        x_hat = x * r.to(x.dtype)
+        ctx.save_for_backward(x_hat, r, weight)
+        return x_hat if weight is None else x_hat * weight.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable  # the closed form is not itself differentiated: a second order raises
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:  # type: ignore[override]
+        x_hat, r, weight = ctx.saved_tensors
+        grad_weight = None
+        if weight is not None:
+            if ctx.needs_input_grad[1]:
+                grad_weight = (grad * x_hat).flatten(0, -2).sum(0, dtype=weight.dtype)
+            grad = grad * weight.to(grad.dtype)
+        mean_dot = torch.linalg.vecdot(grad, x_hat, dim=-1).unsqueeze(-1) / x_hat.shape[-1]
+        grad_x = torch.addcmul(grad, x_hat, mean_dot.to(grad.dtype), value=-1.0).mul_(r.to(grad.dtype))
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (same parameters and result) with the mean square taken as one fused vector norm.
+    """``nn.RMSNorm`` (same parameters and result) as one vector-norm reduction and a closed-form gradient.
 
     On CPU, ``torch.rms_norm`` with autograd is a composite of pow, mean, add, rsqrt and one or two
-    multiplications, each a pass over the activations forward and again backward; here the reduction
-    reads them once and only the scaling writes them: FlowDiT-S/1 training steps 1-4% faster in
-    float32 and bf16 (``benchmarks/speed/bench_rmsnorm.py``). The statistic is computed in (at least)
-    float32 whatever the activations' dtype, and the output keeps that dtype (as ``nn.RMSNorm`` under
-    autocast, without its warning that a float32 weight blocks the fused kernel).
+    multiplications, each a pass over the activations forward and again backward; here the forward
+    reads them once for the statistic and once to scale them, and the backward is the closed form
+    of :class:`_RMSNormFunction` (``python benchmarks/speed/bench_rmsnorm.py``). The statistic is
+    computed in (at least) float32 whatever the activations' dtype, and the output keeps that dtype
+    (as ``nn.RMSNorm`` under autocast, without its warning that a float32 weight blocks the fused kernel).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stat_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stat_dtype)
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps  # nn.RMSNorm's default
-        y = x * torch.rsqrt(norm.square() / x.shape[-1] + eps).to(x.dtype)
-        return y if self.weight is None else y * self.weight.to(y.dtype)
+        return _RMSNormFunction.apply(x, self.weight, eps)
 
 
 def swiglu_hidden(width: int, mlp_ratio: float) -> int:
@@ -55,6 +87,33 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+
+# Below this many keys, CPU training in bf16/fp16 takes SDPA's unfused (math) kernels: the fused
+# kernel's backward is 1.5-5x slower there (16-128 keys), faster from 256 on; in float32 they are
+# within 10% of each other (``python benchmarks/speed/bench_attention.py``).
+CPU_FUSED_MIN_KEYS = 256
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` with the faster kernel for short reduced-precision sequences on CPU."""
+    short_cpu_training = (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.shape[-2] < CPU_FUSED_MIN_KEYS
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad)
+    )
+    if not short_cpu_training:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
 @dataclass
@@ -79,8 +138,10 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=1e-6)
+            self.k_norm = RMSNorm(self.head_dim, eps=1e-6)
         self.proj = nn.Linear(width, width)
 
     def forward(
@@ -94,10 +155,19 @@ class Attention(nn.Module):
         to attend to, extended in place with this call's; with ``causal``, token i attends to every
         cached token and to tokens <= i of this call."""
         b, n, width = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        # A split (its gradient is one concatenation), not indexing (whose gradients are zero-filled
+        # copies of the whole projection, summed).
+        qk, v = self.qkv(x).split([2 * width, width], dim=-1)
+        qk = qk.reshape(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        v = v.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = qk.unbind(0)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, rope), apply_rope(k, rope)
+        else:
+            # Queries and keys rotate together: one pass of each kernel instead of two.
+            q, k = (qk if rope is None else apply_rope(qk, rope)).unbind(0)
         past = 0
         if cache is not None:
             past = cache.length
@@ -108,7 +178,7 @@ class Attention(nn.Module):
         if causal and past and n > 1:
             # SDPA's is_causal aligns the triangle top-left; with a cache the new queries sit at the end.
             mask = torch.arange(n, device=x.device)[:, None] + past >= torch.arange(past + n, device=x.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and not past)
+        out = attention(q, k, v, attn_mask=mask, is_causal=causal and not past)
         return self.proj(out.transpose(1, 2).reshape(b, n, width))
 
 
