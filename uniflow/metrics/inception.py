@@ -367,9 +367,9 @@ def _inference_layout(net: FeatureExtractorInceptionV3) -> FeatureExtractorIncep
 
     The same function of the same weights (features within 1e-5 of the unfolded module's), in fewer
     passes: oneDNN's convolutions and pools run faster on channels-last activations, and a folded
-    batch norm is a bias add instead of a pass of its own. 1.5-1.65x on 2-core Xeons with and
-    without AVX-512 (``python benchmarks/speed/bench_inception.py``); the FID of every summary and
-    ``eval`` row spends most of its time here.
+    batch norm is a bias add instead of a pass of its own: 1.7x on a 2-core Xeon with AVX-512, 1.5x
+    with its kernels capped to AVX2 (``python benchmarks/speed/bench_inception.py``); the FID of
+    every summary and ``eval`` row spends most of its time here.
     """
     for block in net.modules():
         if isinstance(getattr(block, "bn", None), nn.BatchNorm2d) and isinstance(
