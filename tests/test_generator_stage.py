@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, TINY_TOKENIZER, train_two_processes
+from omegaconf import OmegaConf
 
 from uniflow import UniFlowTokenizer
 from uniflow.config import ConfigError, load_config
@@ -113,6 +114,33 @@ def test_missing_tokenizer_without_a_config_to_train_it_is_a_config_error(tmp_pa
         check_config(cfg)
     with pytest.raises(ConfigError, match=r"generator\.size"):
         check_config(load_config(EMBEDDED, ["generator.size=XXL"]))
+
+
+def test_export_from_when_qk_norm_was_the_default_loads_with_it(tmp_path, tokenizer_run):
+    """FlowDiT exports whose config leaves qk_norm unsaid but whose weights have it (the old default)."""
+    reference = TokenizerReference.of(tokenizer_run / "tokenizer")
+    normalizer = LatentNormalizer(8)
+    normalizer.update(torch.randn(4, 8, 4, 4))
+    normalizer.finalize()
+    kwargs = {"depth": 1, "width": 32, "heads": 2}
+    cfg = load_config({"kwargs": {**kwargs, "qk_norm": True}}, schema=GeneratorConfig)
+    LatentGenerator(cfg, (8, 4, 4), 32, ["a", "b"], normalizer, reference).save_pretrained(
+        tmp_path / "generator"
+    )
+    meta = OmegaConf.load(tmp_path / "generator" / "config.yaml")
+    meta.generator.kwargs = kwargs
+    OmegaConf.save(meta, tmp_path / "generator" / "config.yaml")
+    loaded = LatentGenerator.from_pretrained(tmp_path)
+    assert loaded.cfg.kwargs["qk_norm"] is True and loaded.model.blocks[0].attn.qk_norm
+    LatentGenerator(  # and one without QK-norm loads without it
+        load_config({"kwargs": kwargs}, schema=GeneratorConfig),
+        (8, 4, 4),
+        32,
+        ["a", "b"],
+        normalizer,
+        reference,
+    ).save_pretrained(tmp_path / "plain" / "generator")
+    assert not LatentGenerator.from_pretrained(tmp_path / "plain").model.blocks[0].attn.qk_norm
 
 
 def test_export_round_trip_un_normalises(tmp_path, tokenizer_run, one_thread):

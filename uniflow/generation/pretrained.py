@@ -16,7 +16,7 @@ the recorded path and refused if its weights are not the ones the latents came f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,14 @@ class LatentGenerator(nn.Module):
         meta = OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE))
         assert isinstance(meta, dict)
         cfg = load_config(meta["generator"], schema=GeneratorConfig)
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+        if (
+            cfg.model == "flowdit"
+            and "qk_norm" not in cfg.kwargs
+            and any(k.endswith(".q_norm.weight") for k in state)
+        ):
+            # Written while QK-norm was FlowDiT's default (before it followed LightningDiT's release).
+            cfg = replace(cfg, kwargs={**cfg.kwargs, "qk_norm": True})
         generator = cls(
             cfg,
             meta["latent_shape"],
@@ -164,7 +172,6 @@ class LatentGenerator(nn.Module):
             TokenizerReference(**meta["tokenizer"]),
             weights=meta["weights"],
         )
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
         generator.model.load_state_dict(state)
         return generator.to(map_location).eval()
 
