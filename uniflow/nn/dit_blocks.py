@@ -90,8 +90,8 @@ class SwiGLU(nn.Module):
 
 
 # Below this many keys, CPU training in bf16/fp16 takes SDPA's unfused (math) kernels: the fused
-# kernel's backward is 1.5-5x slower there (16-128 keys), faster from 256 on; in float32 they are
-# within 10% of each other (``python benchmarks/speed/bench_attention.py``).
+# kernel's forward + backward is 1.35-3.4x slower there (16-128 keys), faster from 256 on; in float32
+# the fused kernel is as fast or faster at every length (``python benchmarks/speed/bench_attention.py``).
 CPU_FUSED_MIN_KEYS = 256
 
 
